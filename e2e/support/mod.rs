@@ -1,0 +1,133 @@
+//! The end-to-end test library: a fresh namespace per test, waits on conditions with
+//! timeouts, the kubelet's part (finishing Pods), and the operator process under test.
+
+#![allow(dead_code)] // not every test binary uses every helper
+
+pub mod kubelet;
+pub mod operator;
+pub mod wait;
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use k8s_openapi::{
+    api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+pub use wait::{TIMEOUT, wait_for};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The kubeconfig the tests use: `KUBECONFIG`, or the local control plane's.
+pub fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cluster/kubeconfig"))
+}
+
+/// A client for the cluster under test.
+pub async fn client() -> Client {
+    let path = kubeconfig_path();
+    let kc = Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("no kubeconfig at {}: run `make cluster-up` first ({e})", path.display()));
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig is usable");
+    Client::try_from(config).expect("client builds")
+}
+
+/// A namespace that exists for one test. Deleted on `cleanup`; a failed test leaves it
+/// behind for inspection (the control plane is torn down after the run anyway).
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestNamespace {
+    /// Creates `e2e-<prefix>-<pid>-<n>`; labelled so leftovers are easy to find.
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let name = format!(
+            "e2e-{prefix}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "mandate.dev/e2e": "true" } }
+        }))
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("namespace created");
+        TestNamespace {
+            name,
+            client: client.clone(),
+        }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    pub async fn cleanup(self) {
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::default())
+            .await;
+    }
+}
+
+/// Applies the committed CRDs from `crds/` (server-side) and waits until each is Established.
+pub async fn install_crds(client: &Client) -> Vec<CustomResourceDefinition> {
+    let text =
+        std::fs::read_to_string(repo_root().join("crds/mandate.dev.yaml")).expect("crds/mandate.dev.yaml readable");
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut out = vec![];
+    for doc in text
+        .split("\n---\n")
+        .map(|d| d.trim_start_matches("---\n"))
+        .filter(|d| !d.trim().is_empty())
+    {
+        let crd: CustomResourceDefinition = serde_yaml_ng::from_str(doc).expect("CRD document parses");
+        let name = crd.name_any();
+        api.patch(&name, &PatchParams::apply("mandate-e2e").force(), &Patch::Apply(&crd))
+            .await
+            .expect("CRD applied");
+        let established = wait_for(&api, &name, "Established", |c: &CustomResourceDefinition| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+        })
+        .await;
+        out.push(established);
+    }
+    out
+}
+
+/// Creates an object from raw JSON, bypassing the Rust types, to send what a careless
+/// or hostile user might: strings that would not even parse into our types.
+pub async fn create_raw<K>(ns: &TestNamespace, body: serde_json::Value) -> Result<kube::api::DynamicObject, kube::Error>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let ar = kube::api::ApiResource::erase::<K>(&());
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(ns.client.clone(), &ns.name, &ar);
+    let obj: kube::api::DynamicObject = serde_json::from_value(body).expect("raw object is JSON of an object");
+    api.create(&PostParams::default(), &obj).await
+}

@@ -1,0 +1,85 @@
+//! AgentIdentity: report its SPIFFE ID and whether grants can be issued for it.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+use tracing::info;
+
+use super::{Context, Error, MANAGER};
+use crate::{
+    api::{AgentIdentity, AgentIdentityStatus},
+    conditions::{self, Desired},
+    spiffe::SpiffeId,
+};
+
+/// Decides the identity's status from its spec alone (pure, `now` passed in).
+pub fn desired_status(identity: &AgentIdentity, trust_domain: &str, now: Timestamp) -> AgentIdentityStatus {
+    let current = identity.status.clone().unwrap_or_default();
+    let ns = identity.namespace().unwrap_or_default();
+    let generation = identity.metadata.generation;
+    let (spiffe_id, ready) = match SpiffeId::for_agent(trust_domain, &ns, &identity.name_any()) {
+        Ok(id) if identity.spec.suspended => (
+            Some(id.to_string()),
+            Desired {
+                type_: conditions::READY,
+                status: false,
+                reason: "Suspended",
+                message: "spec.suspended is true: nothing is issued and live certificates are revoked".into(),
+            },
+        ),
+        Ok(id) => (
+            Some(id.to_string()),
+            Desired {
+                type_: conditions::READY,
+                status: true,
+                reason: "Valid",
+                message: format!("grants for {id} can be issued"),
+            },
+        ),
+        Err(e) => (
+            None,
+            Desired {
+                type_: conditions::READY,
+                status: false,
+                reason: "InvalidSpiffeID",
+                message: e.to_string(),
+            },
+        ),
+    };
+    AgentIdentityStatus {
+        spiffe_id,
+        active_grants: current.active_grants,
+        observed_generation: generation,
+        conditions: conditions::merge(&current.conditions, vec![ready], generation, now),
+    }
+}
+
+pub async fn reconcile(identity: Arc<AgentIdentity>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = identity.namespace().ok_or(Error::MissingNamespace)?;
+    let name = identity.name_any();
+    let status = desired_status(&identity, &ctx.trust_domain, Timestamp::now());
+    if identity.status.as_ref() != Some(&status) {
+        let api: Api<AgentIdentity> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({ "apiVersion": crate::api::api_version(), "kind": "AgentIdentity", "status": status });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(&format!("{MANAGER}/status")).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::WriteStatus {
+            kind: "AgentIdentity",
+            namespace: ns.clone(),
+            name: name.clone(),
+            source,
+        })?;
+        info!(identity = %name, namespace = %ns, spiffe_id = ?status.spiffe_id, "identity status updated");
+    }
+    Ok(Action::requeue(Duration::from_secs(3600)))
+}

@@ -1,0 +1,11 @@
+//! Mandate: task-scoped identities for AI agents on Kubernetes.
+//!
+//! The library holds everything; the `mandate` binary only parses flags and wires
+//! tasks together (see `main.rs`).
+
+pub mod api;
+pub mod cli;
+pub mod conditions;
+pub mod controller;
+pub mod spiffe;
+pub mod telemetry;
