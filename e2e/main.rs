@@ -8,4 +8,5 @@
 mod support;
 
 mod controlplane;
+mod grants;
 mod identity;

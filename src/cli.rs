@@ -30,6 +30,38 @@ pub struct RunArgs {
     #[arg(long, env = "MANDATE_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
 
+    /// Namespace of the CA Secret and of the published CRL (`mandate-crl`): the
+    /// operator's own namespace.
+    #[arg(long, env = "MANDATE_CA_SECRET_NAMESPACE", default_value = "mandate-system")]
+    pub ca_secret_namespace: String,
+
+    /// Name of the CA Secret (`tls.crt`, `tls.key`). Created with a self-signed root on
+    /// first start when absent; a user-supplied CA is validated before use.
+    #[arg(long, env = "MANDATE_CA_SECRET_NAME", default_value = "mandate-ca")]
+    pub ca_secret_name: String,
+
+    /// Validity of a self-signed root generated on first start.
+    #[arg(long, env = "MANDATE_CA_VALIDITY", default_value = "87600h")]
+    pub ca_validity: kube::core::Duration,
+
+    /// Operator-wide ceiling on any certificate's lifetime, applied over every identity's maxTTL.
+    #[arg(long, env = "MANDATE_MAX_TTL", default_value = "24h")]
+    pub max_ttl: kube::core::Duration,
+
+    /// How long a published CRL stays valid (its nextUpdate); it is re-signed at half this.
+    #[arg(long, env = "MANDATE_CRL_VALIDITY", default_value = "1h")]
+    pub crl_validity: kube::core::Duration,
+
+    /// Condition types that mark a task of any other kind than Job or Pod as finished
+    /// when True; a type containing "Fail" counts as a failure.
+    #[arg(
+        long,
+        env = "MANDATE_TASK_FINISHED_CONDITIONS",
+        value_delimiter = ',',
+        default_value = "Complete,Succeeded,Failed"
+    )]
+    pub task_finished_conditions: Vec<String>,
+
     /// Log format on stderr.
     #[arg(long, env = "MANDATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

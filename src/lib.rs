@@ -7,5 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod conditions;
 pub mod controller;
+pub mod decide;
+pub mod pki;
 pub mod spiffe;
 pub mod telemetry;

@@ -88,14 +88,15 @@ pub struct TaskRef {
     pub name: String,
 }
 
-/// Where a grant is in its life. `Denied`, `Revoked` and `Expired` are final.
+/// Where a grant is in its life. `Revoked` and `Expired` are final.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 pub enum GrantPhase {
     /// Not issued yet: waiting for the identity, the task, or the CA.
     Pending,
     /// A live certificate is in the Secret.
     Issued,
-    /// The grant can never be issued (for example it exceeds the identity's ceiling).
+    /// The current spec cannot be issued (for example it exceeds the identity's ceiling).
+    /// Re-evaluated when the grant or its identity changes.
     Denied,
     /// The certificate was revoked: the task ended, the grant or identity was deleted,
     /// or the identity was suspended.
@@ -107,7 +108,7 @@ pub enum GrantPhase {
 impl GrantPhase {
     /// Final phases are never left: a new certificate needs a new grant.
     pub fn is_final(self) -> bool {
-        matches!(self, GrantPhase::Denied | GrantPhase::Revoked | GrantPhase::Expired)
+        matches!(self, GrantPhase::Revoked | GrantPhase::Expired)
     }
 }
 
@@ -143,6 +144,12 @@ pub struct ToolGrantStatus {
     /// Why and when the grant was revoked or expired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation: Option<RevocationStatus>,
+
+    /// Earlier certificates of this grant, replaced by renewal but not yet expired. They
+    /// are revoked together with the current one when the grant ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub superseded: Vec<SupersededCertificate>,
 
     /// When the grant first had a certificate; its maximum lifetime counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,6 +191,16 @@ pub struct CertificateStatus {
     pub grant_generation: i64,
 }
 
+/// A certificate replaced by renewal that is still within its validity.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SupersededCertificate {
+    /// Serial number, lower-case hex.
+    pub serial_number: String,
+    /// End of validity; the entry is dropped after it.
+    pub not_after: Time,
+}
+
 /// Why and when a grant's certificates were revoked.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -192,6 +209,9 @@ pub struct RevocationStatus {
     /// `TaskDeleted`, `GrantDeleted`, `IdentitySuspended`, `IdentityDeleted`,
     /// `MaxLifetimeReached`.
     pub reason: String,
+    /// Serial numbers put on the certificate revocation list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serial_numbers: Vec<String>,
     /// Human-readable detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

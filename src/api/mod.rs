@@ -8,8 +8,8 @@ mod identity;
 mod tool;
 
 pub use grant::{
-    CertificateStatus, GrantPhase, IdentityRef, LifetimeCap, RevocationStatus, TaskRef, ToolGrant, ToolGrantSpec,
-    ToolGrantStatus,
+    CertificateStatus, GrantPhase, IdentityRef, LifetimeCap, RevocationStatus, SupersededCertificate, TaskRef,
+    ToolGrant, ToolGrantSpec, ToolGrantStatus,
 };
 pub use identity::{AgentIdentity, AgentIdentitySpec, AgentIdentityStatus};
 pub use tool::ToolScope;

@@ -11,15 +11,22 @@ use kube::{
 use serde_json::json;
 use tracing::info;
 
-use super::{Context, Error, MANAGER};
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use super::{Context, Error, MANAGER, TRUST_BUNDLE_CONFIGMAP, ca::CaState};
 use crate::{
-    api::{AgentIdentity, AgentIdentityStatus},
+    api::{AgentIdentity, AgentIdentityStatus, GrantPhase, ToolGrant},
     conditions::{self, Desired},
     spiffe::SpiffeId,
 };
 
 /// Decides the identity's status from its spec alone (pure, `now` passed in).
-pub fn desired_status(identity: &AgentIdentity, trust_domain: &str, now: Timestamp) -> AgentIdentityStatus {
+pub fn desired_status(
+    identity: &AgentIdentity,
+    trust_domain: &str,
+    active_grants: i32,
+    now: Timestamp,
+) -> AgentIdentityStatus {
     let current = identity.status.clone().unwrap_or_default();
     let ns = identity.namespace().unwrap_or_default();
     let generation = identity.metadata.generation;
@@ -54,7 +61,7 @@ pub fn desired_status(identity: &AgentIdentity, trust_domain: &str, now: Timesta
     };
     AgentIdentityStatus {
         spiffe_id,
-        active_grants: current.active_grants,
+        active_grants,
         observed_generation: generation,
         conditions: conditions::merge(&current.conditions, vec![ready], generation, now),
     }
@@ -63,7 +70,46 @@ pub fn desired_status(identity: &AgentIdentity, trust_domain: &str, now: Timesta
 pub async fn reconcile(identity: Arc<AgentIdentity>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = identity.namespace().ok_or(Error::MissingNamespace)?;
     let name = identity.name_any();
-    let status = desired_status(&identity, &ctx.trust_domain, Timestamp::now());
+
+    // Every namespace with an identity gets the trust bundle, so relying parties there
+    // can verify the agents' certificates.
+    let ca_state = ctx.ca.borrow().clone();
+    if let CaState::Ready(ca) = &ca_state {
+        let bundle = ca.bundle_pem();
+        let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+        let cm = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": { "name": TRUST_BUNDLE_CONFIGMAP, "labels": { "app.kubernetes.io/managed-by": "mandate" } },
+            "data": { "ca.crt": bundle },
+        });
+        cms.patch(
+            TRUST_BUNDLE_CONFIGMAP,
+            &PatchParams::apply(&format!("{MANAGER}/trust-bundle")).force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+        .map_err(|source| Error::WriteTrustBundle {
+            namespace: ns.clone(),
+            source,
+        })?;
+    }
+
+    let grants: Api<ToolGrant> = Api::namespaced(ctx.client.clone(), &ns);
+    let active = grants
+        .list(&Default::default())
+        .await
+        .map_err(|source| Error::ListGrants {
+            namespace: ns.clone(),
+            source,
+        })?
+        .items
+        .iter()
+        .filter(|g| {
+            g.spec.identity_ref.name == name && g.status.as_ref().and_then(|s| s.phase) == Some(GrantPhase::Issued)
+        })
+        .count() as i32;
+
+    let status = desired_status(&identity, &ctx.trust_domain, active, Timestamp::now());
     if identity.status.as_ref() != Some(&status) {
         let api: Api<AgentIdentity> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({ "apiVersion": crate::api::api_version(), "kind": "AgentIdentity", "status": status });
@@ -79,7 +125,7 @@ pub async fn reconcile(identity: Arc<AgentIdentity>, ctx: Arc<Context>) -> Resul
             name: name.clone(),
             source,
         })?;
-        info!(identity = %name, namespace = %ns, spiffe_id = ?status.spiffe_id, "identity status updated");
+        info!(identity = %name, namespace = %ns, spiffe_id = ?status.spiffe_id, active_grants = active, "identity status updated");
     }
     Ok(Action::requeue(Duration::from_secs(3600)))
 }

@@ -1,28 +1,53 @@
 //! The controllers: the only part of Mandate that writes to the Kubernetes API.
 //!
-//! Each reconcile is fetch, decide (pure functions in other modules, with `now`
-//! passed in), apply, then status.
+//! Each reconcile is fetch, decide (pure functions in `decide`, with `now` passed in),
+//! apply, then status.
 
+pub mod ca;
+pub mod crl;
+mod grant;
 mod identity;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::StreamExt;
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{Pod, Secret},
+};
 use kube::{
-    Api, Client,
+    Api, Client, Resource, ResourceExt,
+    api::ApiResource,
     runtime::{
         Controller,
         controller::Action,
         events::{Recorder, Reporter},
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
-use tracing::{info, warn};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
-use crate::{api::AgentIdentity, cli::RunArgs, spiffe};
+pub use grant::{FINALIZER, LABEL_GRANT, LABEL_IDENTITY, LABEL_TASK};
+
+use crate::{
+    api::{AgentIdentity, ToolGrant},
+    cli::RunArgs,
+    decide::task::FinishedConditions,
+    spiffe,
+};
 
 /// Field manager of every server-side apply the operator makes, suffixed per call site.
 pub const MANAGER: &str = "mandate";
+/// Name of the ConfigMap holding the CRL, in the CA's namespace.
+pub const CRL_CONFIGMAP: &str = "mandate-crl";
+/// Name of the ConfigMap holding the trust bundle, in every namespace with an identity.
+pub const TRUST_BUNDLE_CONFIGMAP: &str = "mandate-trust-bundle";
 
 /// Why a reconcile failed; each variant names the step.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +62,66 @@ pub enum Error {
     },
     #[error("object has no namespace")]
     MissingNamespace,
+    #[error("failed to read AgentIdentity {name}: {source}")]
+    FetchIdentity {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to read task {name}: {source}")]
+    FetchTask {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to discover task kind {kind} (is its CRD installed?): {source}")]
+    DiscoverTaskKind {
+        kind: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to read Secret {name}: {source}")]
+    FetchSecret {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to write Secret {name}: {source}")]
+    WriteSecret {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to delete Secret {name}: {source}")]
+    DeleteSecret {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to update finalizers of {name}: {source}")]
+    WriteFinalizer {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to record the revocation: {0}")]
+    RecordRevocation(#[source] crl::LedgerError),
+    #[error("failed to issue the certificate: {0}")]
+    Issue(#[source] crate::pki::PkiError),
+    #[error("failed to build the SPIFFE ID: {0}")]
+    SpiffeId(#[source] spiffe::SpiffeIdError),
+    #[error("failed to publish the trust bundle in {namespace}: {source}")]
+    WriteTrustBundle {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to list ToolGrants in {namespace}: {source}")]
+    ListGrants {
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -45,6 +130,18 @@ impl Error {
         match self {
             Error::WriteStatus { .. } => "WriteStatusFailed",
             Error::MissingNamespace => "MissingNamespace",
+            Error::FetchIdentity { .. } => "FetchIdentityFailed",
+            Error::FetchTask { .. } => "FetchTaskFailed",
+            Error::DiscoverTaskKind { .. } => "UnknownTaskKind",
+            Error::FetchSecret { .. } => "FetchSecretFailed",
+            Error::WriteSecret { .. } => "WriteSecretFailed",
+            Error::DeleteSecret { .. } => "DeleteSecretFailed",
+            Error::WriteFinalizer { .. } => "WriteFinalizerFailed",
+            Error::RecordRevocation(_) => "RecordRevocationFailed",
+            Error::Issue(_) => "IssueFailed",
+            Error::SpiffeId(_) => "InvalidSpiffeID",
+            Error::WriteTrustBundle { .. } => "WriteTrustBundleFailed",
+            Error::ListGrants { .. } => "ListGrantsFailed",
         }
     }
 }
@@ -56,6 +153,8 @@ pub enum RunError {
     Client(#[source] kube::Error),
     #[error("invalid --trust-domain: {0}")]
     TrustDomain(#[source] spiffe::SpiffeIdError),
+    #[error("failed to load or create the CA: {0}")]
+    LoadCa(#[source] kube::Error),
 }
 
 /// Shared by every reconcile.
@@ -63,6 +162,42 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub trust_domain: String,
+    pub ca: watch::Receiver<ca::CaState>,
+    pub ledger: crl::Ledger,
+    pub operator_max_ttl: Duration,
+    pub finished_conditions: FinishedConditions,
+    /// API resources of task kinds found by discovery, by `apiVersion/kind`.
+    pub task_kinds: Mutex<HashMap<String, ApiResource>>,
+}
+
+fn api_for<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Grants in `obj`'s namespace whose `taskRef` names it.
+fn grants_for_task(
+    store: &Store<ToolGrant>,
+    api_version: &str,
+    kind: &str,
+    obj_ns: Option<String>,
+    obj_name: &str,
+) -> Vec<ObjectRef<ToolGrant>> {
+    store
+        .state()
+        .iter()
+        .filter(|g| {
+            let r = &g.spec.task_ref;
+            g.namespace() == obj_ns && r.name == obj_name && r.kind == kind && r.api_version == api_version
+        })
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
 }
 
 /// Runs the controllers until SIGINT or SIGTERM.
@@ -76,33 +211,113 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             instance: None,
         },
     );
+    info!(trust_domain = %args.trust_domain, watch_namespace = ?args.watch_namespace, "mandate operator starting");
+
+    let source = ca::CaSource {
+        namespace: args.ca_secret_namespace.clone(),
+        name: args.ca_secret_name.clone(),
+        crl_configmap: CRL_CONFIGMAP.into(),
+        validity: args.ca_validity.into(),
+    };
+    let initial = ca::load_or_bootstrap(&client, &source)
+        .await
+        .map_err(RunError::LoadCa)?;
+    if let ca::CaState::Unavailable { reason, message } = &initial {
+        error!(reason, %message, "CA is not usable; nothing will be issued until it is fixed");
+    }
+    let (ca_tx, ca_rx) = watch::channel(initial);
+    tokio::spawn(ca::watch_ca(client.clone(), source, ca_tx));
+    let ledger = crl::spawn(crl::LedgerConfig {
+        client: client.clone(),
+        namespace: args.ca_secret_namespace.clone(),
+        name: CRL_CONFIGMAP.into(),
+        validity: args.crl_validity.into(),
+        ca: ca_rx.clone(),
+    });
+
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,
         trust_domain: args.trust_domain.clone(),
+        ca: ca_rx,
+        ledger,
+        operator_max_ttl: args.max_ttl.into(),
+        finished_conditions: FinishedConditions {
+            types: args.task_finished_conditions.clone(),
+        },
+        task_kinds: Mutex::new(HashMap::new()),
     });
-    info!(trust_domain = %args.trust_domain, "mandate operator starting");
 
-    let identities: Api<AgentIdentity> = match &args.watch_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    Controller::new(identities, watcher::Config::default())
+    let ns = &args.watch_namespace;
+    let grants: Api<ToolGrant> = api_for(&client, ns);
+    let grant_controller = Controller::new(grants.clone(), watcher::Config::default());
+    let store = grant_controller.store();
+    let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
+    let grant_controller = grant_controller
+        .owns(
+            api_for::<Secret>(&client, ns),
+            watcher::Config::default().labels(LABEL_GRANT),
+        )
+        .watches(
+            api_for::<Job>(&client, ns),
+            watcher::Config::default(),
+            move |job: Job| grants_for_task(&s1, "batch/v1", "Job", job.namespace(), &job.name_any()),
+        )
+        .watches(
+            api_for::<Pod>(&client, ns),
+            watcher::Config::default(),
+            move |pod: Pod| grants_for_task(&s2, "v1", "Pod", pod.namespace(), &pod.name_any()),
+        )
+        .watches(
+            api_for::<AgentIdentity>(&client, ns),
+            watcher::Config::default(),
+            move |id: AgentIdentity| {
+                s3.state()
+                    .iter()
+                    .filter(|g| g.namespace() == id.namespace() && g.spec.identity_ref.name == id.name_any())
+                    .map(|g| ObjectRef::from_obj(g.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(grant::reconcile, error_policy, ctx.clone())
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "grant reconcile failed");
+            }
+        });
+
+    let identity_controller = Controller::new(api_for::<AgentIdentity>(&client, ns), watcher::Config::default())
+        .watches(grants, watcher::Config::default(), |g: ToolGrant| {
+            Some(ObjectRef::new(&g.spec.identity_ref.name).within(&g.namespace().unwrap_or_default()))
+        })
         .shutdown_on_signal()
         .run(identity::reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
-                warn!(error = %e, "reconcile failed");
+                warn!(error = %e, "identity reconcile failed");
             }
-        })
-        .await;
+        });
+
+    futures::join!(grant_controller, identity_controller);
     info!("mandate operator stopped");
     Ok(())
 }
 
-/// Requeue a failed object soon; kube's controller does not back off on its own, so
-/// the delay is short but not zero.
-fn error_policy<K>(_obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(error = %err, reason = err.reason(), "reconcile error, retrying");
-    Action::requeue(Duration::from_secs(5))
+/// Requeue a failed object soon. kube's controller does not back off per object on
+/// its own; a short fixed delay keeps revocation retries prompt.
+fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(error = %err, reason = err.reason(), object = %obj.meta().name.clone().unwrap_or_default(), "reconcile error, retrying");
+    let ev = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: err.reason().into(),
+        note: Some(err.to_string()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let reference = obj.object_ref(&());
+    tokio::spawn(async move {
+        let _ = ctx.recorder.publish(&ev, &reference).await;
+    });
+    Action::requeue(Duration::from_secs(2))
 }

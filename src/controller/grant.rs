@@ -1,0 +1,686 @@
+//! ToolGrant: fetch what the grant depends on, decide (see `decide::grant`), apply.
+//!
+//! The order of writes is what makes crashes harmless:
+//! - issuance: sign, write the Secret, then the status. A crash after the Secret write
+//!   is healed by reading the certificate back from the Secret (it is adopted, never
+//!   issued twice);
+//! - revocation: the serials go onto the CRL first, then the Secret is deleted, then
+//!   the status says Revoked, then the finalizer goes. A crash anywhere repeats the
+//!   remaining steps, and recording a serial twice is harmless.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::Secret,
+    apimachinery::pkg::apis::meta::v1::{OwnerReference, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ApiResource, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+    },
+};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{Context, Error, MANAGER, ca::CaState, crl::Revoked};
+use crate::{
+    api::{
+        AgentIdentity, CertificateStatus, GrantPhase, RevocationStatus, SupersededCertificate, ToolGrant,
+        ToolGrantStatus,
+    },
+    conditions::{self, Desired},
+    decide::{
+        grant::{CaObs, LiveCert, Observed, Plan, SecretObs, decide},
+        task::{self, TaskKind, TaskState},
+    },
+    pki::{self, GrantScope, LeafRequest, OffsetDateTime, ScopeTool},
+    spiffe::SpiffeId,
+};
+
+/// Finalizer that holds a grant until its revocation is recorded.
+pub const FINALIZER: &str = "mandate.dev/revocation";
+const ANN_RENEW_AT: &str = "mandate.dev/renew-at";
+pub const LABEL_GRANT: &str = "mandate.dev/grant";
+pub const LABEL_IDENTITY: &str = "mandate.dev/identity";
+pub const LABEL_TASK: &str = "mandate.dev/task";
+
+fn to_offset(t: Timestamp) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(t.as_second()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn to_ts(t: OffsetDateTime) -> Timestamp {
+    Timestamp::from_second(t.unix_timestamp()).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn secret_name(grant: &ToolGrant) -> String {
+    grant.spec.secret_name.clone().unwrap_or_else(|| grant.name_any())
+}
+
+/// Reads the grant's Secret into what the decision needs.
+fn observe_secret(grant: &ToolGrant, secret: Option<&Secret>) -> SecretObs {
+    let Some(secret) = secret else { return SecretObs::Absent };
+    let ours = secret
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == grant.metadata.uid.as_ref());
+    if !ours {
+        return SecretObs::Foreign;
+    }
+    let pem = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("tls.crt"))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+    let live = pem.and_then(|pem| pki::inspect_leaf_pem(&pem).ok()).and_then(|info| {
+        let scope = info.scope?;
+        let not_after = to_ts(info.not_after);
+        let not_before = to_ts(info.not_before);
+        // Renewal time is stored beside the certificate (it carries the jitter); if it is
+        // missing, fall back to two thirds of the lifetime.
+        let renew_at = secret
+            .annotations()
+            .get(ANN_RENEW_AT)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| not_before + not_before.duration_until(not_after).mul_f64(2.0 / 3.0));
+        Some(LiveCert {
+            serial: info.serial_hex,
+            not_after,
+            renew_at,
+            grant_generation: scope.grant_generation,
+            task_uid: scope.task_uid,
+        })
+    });
+    SecretObs::Ours(live)
+}
+
+/// Looks up the API resource of a task kind: built in for Jobs and Pods, discovered
+/// (and cached) for any other kind.
+async fn task_resource(ctx: &Context, api_version: &str, kind: &str) -> Result<ApiResource, Error> {
+    let key = format!("{api_version}/{kind}");
+    if let Some(ar) = ctx.task_kinds.lock().expect("task kind cache").get(&key) {
+        return Ok(ar.clone());
+    }
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), api_version.to_string()),
+    };
+    let gvk = kube::api::GroupVersionKind::gvk(&group, &version, kind);
+    let (ar, _caps) = kube::discovery::pinned_kind(&ctx.client, &gvk)
+        .await
+        .map_err(|source| Error::DiscoverTaskKind {
+            kind: key.clone(),
+            source,
+        })?;
+    ctx.task_kinds.lock().expect("task kind cache").insert(key, ar.clone());
+    Ok(ar)
+}
+
+async fn fetch_task(ctx: &Context, grant: &ToolGrant, ns: &str) -> Result<Option<TaskState>, Error> {
+    let r = &grant.spec.task_ref;
+    let ar = task_resource(ctx, &r.api_version, &r.kind).await?;
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    let obj = api.get_opt(&r.name).await.map_err(|source| Error::FetchTask {
+        name: r.name.clone(),
+        source,
+    })?;
+    Ok(obj.map(|o| task::observe(TaskKind::of(&r.api_version, &r.kind), &o, &ctx.finished_conditions)))
+}
+
+pub async fn reconcile(grant: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = grant.namespace().ok_or(Error::MissingNamespace)?;
+    let name = grant.name_any();
+    let grants: Api<ToolGrant> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let identities: Api<AgentIdentity> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // Fetch.
+    let identity = identities
+        .get_opt(&grant.spec.identity_ref.name)
+        .await
+        .map_err(|source| Error::FetchIdentity {
+            name: grant.spec.identity_ref.name.clone(),
+            source,
+        })?;
+    let task = fetch_task(&ctx, &grant, &ns).await?;
+    let secret = secrets
+        .get_opt(&secret_name(&grant))
+        .await
+        .map_err(|source| Error::FetchSecret {
+            name: secret_name(&grant),
+            source,
+        })?;
+    let ca_state = ctx.ca.borrow().clone();
+    let ca_obs = match &ca_state {
+        CaState::Ready(ca) => CaObs::Ready {
+            not_after: to_ts(ca.not_after()),
+        },
+        CaState::Unavailable { reason, message } => CaObs::Unavailable {
+            reason,
+            message: message.clone(),
+        },
+    };
+    let now = Timestamp::now();
+    let observed = Observed {
+        now,
+        grant: &grant,
+        identity: identity.as_ref(),
+        task: task.clone(),
+        secret: observe_secret(&grant, secret.as_ref()),
+        ca: ca_obs,
+        operator_max_ttl: ctx.operator_max_ttl,
+        jitter: rand_unit(),
+    };
+
+    // Decide.
+    let plan = decide(&observed);
+    let previous = grant.status.clone().unwrap_or_default();
+
+    // Apply.
+    match plan {
+        Plan::Issue {
+            lifetime,
+            why,
+            revoke_first,
+        } => {
+            let CaState::Ready(ca) = ca_state else {
+                unreachable!("decide issues only with a ready CA")
+            };
+            let (Some(identity), Some(task)) = (identity.as_ref(), task.as_ref()) else {
+                unreachable!("decide issues only with an identity and a task")
+            };
+            ensure_finalizer(&grants, &grant).await?;
+            if !revoke_first.is_empty() {
+                record_revocation(&ctx, &grant, &observed, &revoke_first, why).await?;
+            }
+            let spiffe_id =
+                SpiffeId::for_agent(&ctx.trust_domain, &ns, &identity.name_any()).map_err(Error::SpiffeId)?;
+            let scope = GrantScope {
+                version: pki::SCOPE_VERSION,
+                grant_uid: grant.uid().unwrap_or_default(),
+                grant_generation: grant.metadata.generation.unwrap_or_default(),
+                grant_name: name.clone(),
+                namespace: ns.clone(),
+                task_uid: task.uid.clone(),
+                task_kind: grant.spec.task_ref.kind.clone(),
+                task_name: grant.spec.task_ref.name.clone(),
+                tools: grant
+                    .spec
+                    .tools
+                    .iter()
+                    .map(|t| ScopeTool {
+                        name: t.name.clone(),
+                        actions: t.actions.clone(),
+                        destinations: t.destinations.clone(),
+                    })
+                    .collect(),
+            };
+            let leaf = ca
+                .issue_leaf(
+                    &LeafRequest {
+                        spiffe_id: spiffe_id.to_string(),
+                        not_before: to_offset(lifetime.not_before),
+                        not_after: to_offset(lifetime.not_after),
+                        scope,
+                    },
+                    to_offset(now),
+                )
+                .map_err(Error::Issue)?;
+            write_secret(
+                &secrets,
+                &grant,
+                identity,
+                task,
+                &leaf,
+                &ca.bundle_pem(),
+                lifetime.renew_at,
+                secret.is_some(),
+            )
+            .await?;
+            let mut superseded = previous.superseded.clone();
+            if let Some(old) = &previous.certificate
+                && why == "Renewal"
+                && old.not_after.0 > now
+            {
+                superseded.push(SupersededCertificate {
+                    serial_number: old.serial_number.clone(),
+                    not_after: old.not_after.clone(),
+                });
+            }
+            superseded.retain(|s| s.not_after.0 > now && !revoke_first.contains(&s.serial_number));
+            let cert = CertificateStatus {
+                serial_number: leaf.serial_hex.clone(),
+                not_before: Time(to_ts(leaf.not_before)),
+                not_after: Time(to_ts(leaf.not_after)),
+                renew_after: Time(lifetime.renew_at),
+                lifetime_cap: lifetime.cap,
+                secret_name: secret_name(&grant),
+                spiffe_id: spiffe_id.to_string(),
+                sha256_fingerprint: leaf.sha256_fingerprint.clone(),
+                grant_generation: grant.metadata.generation.unwrap_or_default(),
+            };
+            let message = format!(
+                "certificate {} issued until {} (capped by {:?})",
+                leaf.serial_hex, cert.not_after.0, cert.lifetime_cap
+            );
+            let status = ToolGrantStatus {
+                phase: Some(GrantPhase::Issued),
+                certificate: Some(cert),
+                revocation: None,
+                superseded,
+                first_issued: previous.first_issued.clone().or(Some(Time(now))),
+                observed_generation: grant.metadata.generation,
+                conditions: conditions::merge(
+                    &previous.conditions,
+                    vec![
+                        Desired {
+                            type_: conditions::READY,
+                            status: true,
+                            reason: why,
+                            message: message.clone(),
+                        },
+                        Desired {
+                            type_: conditions::REVOKED,
+                            status: false,
+                            reason: "NotRevoked",
+                            message: String::new(),
+                        },
+                    ],
+                    grant.metadata.generation,
+                    now,
+                ),
+            };
+            write_status(&grants, &name, &status).await?;
+            info!(grant = %name, namespace = %ns, identity = %identity.name_any(), task = %grant.spec.task_ref.name,
+                  serial = %leaf.serial_hex, not_after = %lifetime.not_after, cap = ?lifetime.cap, why, "certificate issued");
+            publish(&ctx, &grant, EventType::Normal, why, "Issue", message).await;
+            Ok(Action::requeue(until(now, lifetime.renew_at)))
+        }
+        Plan::Revoke {
+            phase,
+            reason,
+            message,
+            serials,
+        } => {
+            record_revocation(&ctx, &grant, &observed, &serials, reason).await?;
+            delete_secret_if_ours(&secrets, &grant, secret.as_ref()).await?;
+            let already = previous.phase == Some(phase);
+            let revocation = if already {
+                previous.revocation.clone()
+            } else {
+                Some(RevocationStatus {
+                    reason: reason.to_string(),
+                    message: Some(message.clone()),
+                    time: Time(now),
+                    serial_numbers: serials.clone(),
+                })
+            };
+            let status = ToolGrantStatus {
+                phase: Some(phase),
+                revocation,
+                superseded: vec![],
+                observed_generation: grant.metadata.generation,
+                conditions: conditions::merge(
+                    &previous.conditions,
+                    vec![
+                        Desired {
+                            type_: conditions::READY,
+                            status: false,
+                            reason,
+                            message: message.clone(),
+                        },
+                        Desired {
+                            type_: conditions::REVOKED,
+                            status: true,
+                            reason,
+                            message: message.clone(),
+                        },
+                    ],
+                    grant.metadata.generation,
+                    now,
+                ),
+                ..previous.clone()
+            };
+            if grant.status.as_ref() != Some(&status) {
+                write_status(&grants, &name, &status).await?;
+            }
+            if !already {
+                info!(grant = %name, namespace = %ns, identity = %grant.spec.identity_ref.name, task = %grant.spec.task_ref.name,
+                      serials = ?serials, reason, "grant revoked");
+                publish(&ctx, &grant, EventType::Normal, reason, "Revoke", message).await;
+            }
+            remove_finalizer(&grants, &grant).await?;
+            Ok(Action::await_change())
+        }
+        Plan::Deny {
+            reason,
+            message,
+            serials,
+        } => {
+            if !serials.is_empty() {
+                record_revocation(&ctx, &grant, &observed, &serials, reason).await?;
+            }
+            delete_secret_if_ours(&secrets, &grant, secret.as_ref()).await?;
+            let status = ToolGrantStatus {
+                phase: Some(GrantPhase::Denied),
+                observed_generation: grant.metadata.generation,
+                superseded: vec![],
+                conditions: conditions::merge(
+                    &previous.conditions,
+                    vec![Desired {
+                        type_: conditions::READY,
+                        status: false,
+                        reason,
+                        message: message.clone(),
+                    }],
+                    grant.metadata.generation,
+                    now,
+                ),
+                ..previous.clone()
+            };
+            if grant.status.as_ref() != Some(&status) {
+                write_status(&grants, &name, &status).await?;
+                warn!(grant = %name, namespace = %ns, identity = %grant.spec.identity_ref.name, reason, %message, "grant denied");
+                publish(&ctx, &grant, EventType::Warning, reason, "Deny", message).await;
+            }
+            Ok(Action::await_change())
+        }
+        Plan::Hold {
+            phase,
+            ready,
+            reason,
+            message,
+            requeue_at,
+        } => {
+            if !phase.is_final() {
+                ensure_finalizer(&grants, &grant).await?;
+            }
+            let status = ToolGrantStatus {
+                phase: Some(phase),
+                observed_generation: grant.metadata.generation,
+                conditions: conditions::merge(
+                    &previous.conditions,
+                    vec![Desired {
+                        type_: conditions::READY,
+                        status: ready,
+                        reason,
+                        message: message.clone(),
+                    }],
+                    grant.metadata.generation,
+                    now,
+                ),
+                ..previous.clone()
+            };
+            if grant.status.as_ref() != Some(&status) {
+                let transition = previous
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == conditions::READY)
+                    .map(|c| c.reason.as_str())
+                    != Some(reason);
+                write_status(&grants, &name, &status).await?;
+                if transition && !ready {
+                    info!(grant = %name, namespace = %ns, reason, %message, "grant waiting");
+                    publish(&ctx, &grant, EventType::Warning, reason, "Wait", message).await;
+                }
+            }
+            if phase.is_final() {
+                remove_finalizer(&grants, &grant).await?;
+            }
+            Ok(match requeue_at {
+                Some(t) => Action::requeue(until(now, t)),
+                // Generic task kinds are not watched; look again at them periodically.
+                None if TaskKind::of(&grant.spec.task_ref.api_version, &grant.spec.task_ref.kind)
+                    == TaskKind::Generic =>
+                {
+                    Action::requeue(Duration::from_secs(10))
+                }
+                None => Action::await_change(),
+            })
+        }
+    }
+}
+
+fn until(now: Timestamp, t: Timestamp) -> Duration {
+    Duration::try_from(now.duration_until(t))
+        .unwrap_or(Duration::ZERO)
+        .max(Duration::from_millis(100))
+}
+
+fn rand_unit() -> f64 {
+    rand::random::<f64>()
+}
+
+/// Puts `serials` on the CRL and waits until the signed CRL holding them is stored.
+async fn record_revocation(
+    ctx: &Context,
+    grant: &ToolGrant,
+    o: &Observed<'_>,
+    serials: &[String],
+    reason: &str,
+) -> Result<(), Error> {
+    if serials.is_empty() {
+        return Ok(());
+    }
+    let ns = grant.namespace().unwrap_or_default();
+    // Each serial stays listed until the latest moment its certificate could expire.
+    let status = grant.status.clone().unwrap_or_default();
+    let not_after_of = |serial: &str| -> Timestamp {
+        if let SecretObs::Ours(Some(c)) = &o.secret
+            && c.serial == serial
+        {
+            return c.not_after;
+        }
+        status
+            .certificate
+            .iter()
+            .filter(|c| c.serial_number == serial)
+            .map(|c| c.not_after.0)
+            .chain(
+                status
+                    .superseded
+                    .iter()
+                    .filter(|s| s.serial_number == serial)
+                    .map(|s| s.not_after.0),
+            )
+            .max()
+            .unwrap_or(o.now + k8s_openapi::jiff::SignedDuration::from_hours(24 * 365))
+    };
+    let entries = serials
+        .iter()
+        .map(|s| Revoked {
+            serial: s.clone(),
+            not_after: not_after_of(s),
+            revoked_at: o.now,
+            reason: reason.to_string(),
+            grant: format!("{ns}/{}", grant.name_any()),
+        })
+        .collect();
+    ctx.ledger.revoke(entries).await.map_err(Error::RecordRevocation)
+}
+
+async fn ensure_finalizer(api: &Api<ToolGrant>, grant: &ToolGrant) -> Result<(), Error> {
+    if grant.finalizers().iter().any(|f| f == FINALIZER) || grant.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    // JSON patch with a test on resourceVersion-free list state: add to the list whether
+    // it exists or not.
+    let patch = if grant.finalizers().is_empty() {
+        json!([{ "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] }])
+    } else {
+        json!([{ "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER }])
+    };
+    let patch: json_patch::Patch = serde_json::from_value(patch).expect("valid JSON patch");
+    api.patch(&grant.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+        .map_err(|source| Error::WriteFinalizer {
+            name: grant.name_any(),
+            source,
+        })?;
+    Ok(())
+}
+
+async fn remove_finalizer(api: &Api<ToolGrant>, grant: &ToolGrant) -> Result<(), Error> {
+    let Some(i) = grant.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        { "op": "test", "path": format!("/metadata/finalizers/{i}"), "value": FINALIZER },
+        { "op": "remove", "path": format!("/metadata/finalizers/{i}") },
+    ]))
+    .expect("valid JSON patch");
+    match api
+        .patch(&grant.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(Error::WriteFinalizer {
+            name: grant.name_any(),
+            source,
+        }),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_secret(
+    api: &Api<Secret>,
+    grant: &ToolGrant,
+    identity: &AgentIdentity,
+    task: &TaskState,
+    leaf: &pki::IssuedLeaf,
+    bundle: &str,
+    renew_at: Timestamp,
+    exists: bool,
+) -> Result<(), Error> {
+    let name = secret_name(grant);
+    let task_ref = &grant.spec.task_ref;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(
+                [
+                    (LABEL_GRANT.to_string(), grant.name_any()),
+                    (LABEL_IDENTITY.to_string(), identity.name_any()),
+                    (LABEL_TASK.to_string(), task_ref.name.clone()),
+                    ("app.kubernetes.io/managed-by".to_string(), "mandate".to_string()),
+                ]
+                .into(),
+            ),
+            annotations: Some(
+                [
+                    (ANN_RENEW_AT.to_string(), renew_at.to_string()),
+                    ("mandate.dev/serial".to_string(), leaf.serial_hex.clone()),
+                ]
+                .into(),
+            ),
+            owner_references: Some(vec![
+                grant.controller_owner_ref(&()).expect("grant has a name and uid"),
+                // The task owns the Secret too, so deleting the task garbage-collects it
+                // even if the operator is down.
+                OwnerReference {
+                    api_version: task_ref.api_version.clone(),
+                    kind: task_ref.kind.clone(),
+                    name: task_ref.name.clone(),
+                    uid: task.uid.clone(),
+                    controller: Some(false),
+                    block_owner_deletion: None,
+                },
+            ]),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            [
+                ("tls.crt".to_string(), ByteString(leaf.cert_pem.as_bytes().to_vec())),
+                (
+                    "tls.key".to_string(),
+                    ByteString(leaf.key_pem.expose().as_bytes().to_vec()),
+                ),
+                ("ca.crt".to_string(), ByteString(bundle.as_bytes().to_vec())),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let res = if exists {
+        // Ours (checked by the decision): take every field we manage.
+        api.patch(
+            &name,
+            &PatchParams::apply(&format!("{MANAGER}/secret")).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+    } else {
+        // Create-only, so a Secret that appeared since we looked is never overwritten.
+        api.create(
+            &PostParams {
+                field_manager: Some(format!("{MANAGER}/secret")),
+                ..Default::default()
+            },
+            &secret,
+        )
+        .await
+    };
+    res.map(|_| ()).map_err(|source| Error::WriteSecret { name, source })
+}
+
+async fn delete_secret_if_ours(api: &Api<Secret>, grant: &ToolGrant, secret: Option<&Secret>) -> Result<(), Error> {
+    let Some(secret) = secret else { return Ok(()) };
+    let ours = secret
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == grant.metadata.uid.as_ref());
+    if !ours {
+        return Ok(());
+    }
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: secret.uid(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&secret.name_any(), &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(source) => Err(Error::DeleteSecret {
+            name: secret.name_any(),
+            source,
+        }),
+    }
+}
+
+async fn write_status(api: &Api<ToolGrant>, name: &str, status: &ToolGrantStatus) -> Result<(), Error> {
+    let patch = json!({ "apiVersion": crate::api::api_version(), "kind": "ToolGrant", "status": status });
+    api.patch_status(
+        name,
+        &PatchParams::apply(&format!("{MANAGER}/status")).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::WriteStatus {
+        kind: "ToolGrant",
+        namespace: api.namespace().unwrap_or_default().to_string(),
+        name: name.to_string(),
+        source,
+    })
+}
+
+async fn publish(ctx: &Context, grant: &ToolGrant, type_: EventType, reason: &str, action: &str, note: String) {
+    let ev = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: action.to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &grant.object_ref(&())).await {
+        warn!(error = %e, "failed to publish event");
+    }
+}

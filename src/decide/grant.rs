@@ -1,0 +1,333 @@
+//! What should happen to one ToolGrant, given everything observed about it.
+//!
+//! The order of checks is the order of precedence: a final grant stays final; a
+//! deleted grant, a missing or suspended identity, and a finished or vanished task all
+//! revoke before anything else is considered; only then is scope checked and a
+//! certificate issued or renewed.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use super::{
+    lifetime::{self, Lifetime, Limits},
+    scope,
+    task::TaskState,
+};
+use crate::api::{AgentIdentity, GrantPhase, LifetimeCap, ToolGrant};
+
+/// The certificate currently in the grant's Secret, as read from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveCert {
+    pub serial: String,
+    pub not_after: Timestamp,
+    pub renew_at: Timestamp,
+    pub grant_generation: i64,
+    pub task_uid: String,
+}
+
+/// What the grant's Secret holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretObs {
+    Absent,
+    /// A Secret of that name exists and this grant does not control it.
+    Foreign,
+    /// Our Secret; `None` when its certificate cannot be read.
+    Ours(Option<LiveCert>),
+}
+
+/// The signing CA as far as a grant is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaObs {
+    Ready { not_after: Timestamp },
+    Unavailable { reason: &'static str, message: String },
+}
+
+/// Everything a decision reads. `jitter` is a random number in `[0, 1)`.
+pub struct Observed<'a> {
+    pub now: Timestamp,
+    pub grant: &'a ToolGrant,
+    pub identity: Option<&'a AgentIdentity>,
+    /// `None` when the task does not exist.
+    pub task: Option<TaskState>,
+    pub secret: SecretObs,
+    pub ca: CaObs,
+    pub operator_max_ttl: Duration,
+    pub jitter: f64,
+}
+
+/// The decision.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Plan {
+    /// Issue a certificate now. `revoke_first` lists serials that must be on the CRL
+    /// before the new certificate replaces them (a scope change or a lost Secret).
+    Issue {
+        lifetime: Lifetime,
+        why: &'static str,
+        revoke_first: Vec<String>,
+    },
+    /// Revoke every live serial, delete the Secret, and end the grant in `phase`.
+    Revoke {
+        phase: GrantPhase,
+        reason: &'static str,
+        message: String,
+        serials: Vec<String>,
+    },
+    /// The current spec is not allowed. Live serials are revoked (the scope they carry is
+    /// no longer approved) but the grant may be issued again once fixed.
+    Deny {
+        reason: &'static str,
+        message: String,
+        serials: Vec<String>,
+    },
+    /// Nothing to do but report; look again at `requeue_at` (if any).
+    Hold {
+        phase: GrantPhase,
+        ready: bool,
+        reason: &'static str,
+        message: String,
+        requeue_at: Option<Timestamp>,
+    },
+}
+
+/// Serials of this grant that may still be valid: the Secret's, the status's current
+/// one, and superseded ones not yet expired. Deduplicated, in that order.
+pub fn live_serials(o: &Observed<'_>) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    let mut push = |s: &str| {
+        if !out.iter().any(|x| x == s) {
+            out.push(s.to_string());
+        }
+    };
+    if let SecretObs::Ours(Some(c)) = &o.secret
+        && c.not_after > o.now
+    {
+        push(&c.serial);
+    }
+    if let Some(status) = &o.grant.status {
+        if let Some(c) = &status.certificate
+            && c.not_after.0 > o.now
+        {
+            push(&c.serial_number);
+        }
+        for s in status.superseded.iter().filter(|s| s.not_after.0 > o.now) {
+            push(&s.serial_number);
+        }
+    }
+    out
+}
+
+fn revoke(o: &Observed<'_>, phase: GrantPhase, reason: &'static str, message: String) -> Plan {
+    Plan::Revoke {
+        phase,
+        reason,
+        message,
+        serials: live_serials(o),
+    }
+}
+
+fn pending(reason: &'static str, message: String) -> Plan {
+    Plan::Hold {
+        phase: GrantPhase::Pending,
+        ready: false,
+        reason,
+        message,
+        requeue_at: None,
+    }
+}
+
+/// Decides what to do with a grant.
+pub fn decide(o: &Observed<'_>) -> Plan {
+    let grant = o.grant;
+    let status = grant.status.clone().unwrap_or_default();
+    let generation = grant.metadata.generation.unwrap_or_default();
+    let ever_issued = status.first_issued.is_some() || !live_serials(o).is_empty();
+
+    if let Some(phase) = status.phase.filter(|p| p.is_final()) {
+        // Revocation is final; repeat it only if something was left live (a crash between
+        // recording the revocation and deleting the Secret, or a Secret re-created since).
+        if !live_serials(o).is_empty() || matches!(o.secret, SecretObs::Ours(_)) {
+            let r = status.revocation.as_ref().map(|r| r.reason.clone()).unwrap_or_default();
+            return revoke(
+                o,
+                phase,
+                "RevocationCompleted",
+                format!("completing the earlier revocation ({r})"),
+            );
+        }
+        return Plan::Hold {
+            phase,
+            ready: false,
+            reason: "Final",
+            message: "revocation is final".into(),
+            requeue_at: None,
+        };
+    }
+    if grant.metadata.deletion_timestamp.is_some() {
+        return revoke(
+            o,
+            GrantPhase::Revoked,
+            "GrantDeleted",
+            "the ToolGrant was deleted".into(),
+        );
+    }
+
+    let identity_name = &grant.spec.identity_ref.name;
+    let Some(identity) = o.identity else {
+        return if ever_issued {
+            revoke(
+                o,
+                GrantPhase::Revoked,
+                "IdentityDeleted",
+                format!("AgentIdentity {identity_name} was deleted"),
+            )
+        } else {
+            pending(
+                "IdentityNotFound",
+                format!("waiting for AgentIdentity {identity_name} in this namespace"),
+            )
+        };
+    };
+    if identity.spec.suspended {
+        return if ever_issued {
+            revoke(
+                o,
+                GrantPhase::Revoked,
+                "IdentitySuspended",
+                format!("AgentIdentity {identity_name} is suspended"),
+            )
+        } else {
+            pending(
+                "IdentitySuspended",
+                format!("AgentIdentity {identity_name} is suspended"),
+            )
+        };
+    }
+
+    let task_ref = &grant.spec.task_ref;
+    let task_name = format!("{} {}", task_ref.kind, task_ref.name);
+    let Some(task) = &o.task else {
+        return if ever_issued {
+            revoke(
+                o,
+                GrantPhase::Revoked,
+                "TaskDeleted",
+                format!("{task_name} no longer exists"),
+            )
+        } else {
+            pending("TaskNotFound", format!("waiting for {task_name} in this namespace"))
+        };
+    };
+    let live = match &o.secret {
+        SecretObs::Ours(Some(c)) => Some(c),
+        _ => None,
+    };
+    if let Some(c) = live
+        && c.task_uid != task.uid
+    {
+        // Same name, new object: the task the certificate was issued for is gone.
+        return revoke(
+            o,
+            GrantPhase::Revoked,
+            "TaskDeleted",
+            format!("{task_name} was replaced by a new object"),
+        );
+    }
+    if let Some((outcome, detail)) = &task.finished {
+        let why = outcome.revocation_reason();
+        return revoke(o, GrantPhase::Revoked, why, format!("{task_name} finished: {detail}"));
+    }
+
+    if let Err(e) = scope::validate(&grant.spec.tools) {
+        return Plan::Deny {
+            reason: "InvalidToolName",
+            message: e.to_string(),
+            serials: live_serials(o),
+        };
+    }
+    let excess = scope::excess(&grant.spec.tools, &identity.spec.tools);
+    if !excess.is_empty() {
+        let named: Vec<String> = excess.iter().map(ToString::to_string).collect();
+        return Plan::Deny {
+            reason: "ExceedsIdentityCeiling",
+            message: format!(
+                "the grant asks for more than AgentIdentity {identity_name} allows: {}",
+                named.join("; ")
+            ),
+            serials: live_serials(o),
+        };
+    }
+
+    if o.secret == SecretObs::Foreign {
+        let name = grant.spec.secret_name.clone().unwrap_or_else(|| grant.name_any());
+        return pending(
+            "SecretConflict",
+            format!(
+                "Secret {name} exists and is not owned by this grant; it is left untouched: choose another spec.secretName"
+            ),
+        );
+    }
+    let ca_not_after = match &o.ca {
+        CaObs::Ready { not_after } => *not_after,
+        CaObs::Unavailable { reason, message } => return pending(reason, message.clone()),
+    };
+
+    let first_issued = status.first_issued.as_ref().map(|t| t.0).unwrap_or(o.now);
+    let max_lifetime: Duration = identity.spec.max_grant_lifetime.into();
+    let limits = Limits {
+        now: o.now,
+        requested_ttl: grant.spec.ttl.map(Into::into),
+        identity_max_ttl: identity.spec.max_ttl.into(),
+        operator_max_ttl: o.operator_max_ttl,
+        task_deadline: task.deadline,
+        grant_expires_at: lifetime::after(first_issued, max_lifetime),
+        ca_not_after,
+    };
+
+    if let Some(c) = live
+        && c.grant_generation == generation
+        && o.now < c.renew_at
+    {
+        return Plan::Hold {
+            phase: GrantPhase::Issued,
+            ready: true,
+            reason: "Issued",
+            message: format!("certificate {} is valid until {}", c.serial, c.not_after),
+            requeue_at: Some(c.renew_at),
+        };
+    }
+
+    let (why, revoke_first) = match live {
+        Some(c) if c.grant_generation != generation => ("ScopeChanged", live_serials(o)),
+        Some(_) => ("Renewal", vec![]),
+        // A certificate in status but none in the Secret: the Secret was deleted or
+        // emptied. Revoke what it held before issuing a replacement.
+        None => ("Initial", live_serials(o)),
+    };
+    match lifetime::plan(&limits, o.jitter) {
+        Ok(lifetime) => Plan::Issue {
+            lifetime,
+            why,
+            revoke_first,
+        },
+        Err(no_time) => match no_time.cap {
+            LifetimeCap::GrantLifetime => revoke(
+                o,
+                GrantPhase::Expired,
+                "MaxLifetimeReached",
+                format!("the grant reached its maximum lifetime at {}", no_time.until),
+            ),
+            LifetimeCap::TaskDeadline => revoke(
+                o,
+                GrantPhase::Revoked,
+                "TaskDeadlineExceeded",
+                format!("{task_name} passed its deadline at {}", no_time.until),
+            ),
+            cap => pending(
+                "NoTimeLeft",
+                format!("{cap:?} leaves less than the minimum certificate lifetime"),
+            ),
+        },
+    }
+}

@@ -1,0 +1,42 @@
+//! Mandate's public-key infrastructure: the certificate authority, X.509-SVID leaves
+//! carrying a grant scope, and CRLs. Nothing in here knows about Kubernetes.
+//!
+//! * [`CertificateAuthority`] either generates a self-signed ECDSA P-256 root or loads a
+//!   user-supplied CA (root or intermediate) and validates it before use.
+//! * [`CertificateAuthority::issue_leaf`] issues a SPIFFE X.509-SVID with a fresh P-256 key
+//!   and Mandate's grant scope extension ([`SCOPE_EXTENSION_OID_STR`], see `scope.rs` for why
+//!   that OID).
+//! * [`CertificateAuthority::sign_crl`] signs an RFC 5280 §5 v2 CRL.
+//! * [`inspect_leaf_pem`], [`read_scope`] and [`verify_signed_by`] read certificates back,
+//!   for adopting a certificate found in a Secret and for relying parties.
+//!
+//! Conventions the caller relies on:
+//! * Times are [`OffsetDateTime`]. Certificates and CRLs hold whole seconds in UTC, so inputs
+//!   are truncated to the second and converted to UTC; the times reported back (for example
+//!   [`IssuedLeaf::not_after`]) are the ones actually encoded.
+//! * Serial numbers are lower-case hex of the DER INTEGER's content octets, without
+//!   separators: exactly x509-parser's `raw_serial_as_string()` minus the colons, and what
+//!   [`CrlEntry::serial_hex`] expects back.
+//! * Private keys only leave this module as [`PrivateKeyPem`], which never prints.
+
+mod ca;
+mod crl;
+mod error;
+mod leaf;
+mod scope;
+mod secret;
+mod util;
+
+#[cfg(test)]
+mod test_support;
+
+pub use ca::CertificateAuthority;
+pub use crl::{CrlEntry, CrlRequest, RevocationReason};
+pub use error::{CaError, PkiError};
+pub use leaf::{IssuedLeaf, LeafInfo, LeafRequest, inspect_leaf_pem, verify_signed_by};
+pub use scope::{
+    GrantScope, MAX_SCOPE_JSON_BYTES, SCOPE_EXTENSION_OID, SCOPE_EXTENSION_OID_STR, SCOPE_VERSION, ScopeTool,
+    read_scope,
+};
+pub use secret::PrivateKeyPem;
+pub use time::OffsetDateTime;
