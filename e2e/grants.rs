@@ -29,29 +29,29 @@ use crate::{
 };
 
 /// A test namespace with its own operator whose CA and CRL live in that namespace.
-struct Fixture {
-    ns: TestNamespace,
-    op: Operator,
-    grants: Api<ToolGrant>,
-    secrets: Api<Secret>,
-    jobs: Api<Job>,
-    pods: Api<Pod>,
-    ids: Api<AgentIdentity>,
+pub(crate) struct Fixture {
+    pub(crate) ns: TestNamespace,
+    pub(crate) op: Operator,
+    pub(crate) grants: Api<ToolGrant>,
+    pub(crate) secrets: Api<Secret>,
+    pub(crate) jobs: Api<Job>,
+    pub(crate) pods: Api<Pod>,
+    pub(crate) ids: Api<AgentIdentity>,
 }
 
 impl Fixture {
-    async fn new(prefix: &str) -> Fixture {
+    pub(crate) async fn new(prefix: &str) -> Fixture {
         Self::with_flags(prefix, &[]).await
     }
 
-    async fn with_flags(prefix: &str, flags: &[&str]) -> Fixture {
+    pub(crate) async fn with_flags(prefix: &str, flags: &[&str]) -> Fixture {
         let c = client().await;
         crate::support::install_crds(&c).await;
         let ns = TestNamespace::new(&c, prefix).await;
         Self::start(ns, flags).await
     }
 
-    async fn start(ns: TestNamespace, flags: &[&str]) -> Fixture {
+    pub(crate) async fn start(ns: TestNamespace, flags: &[&str]) -> Fixture {
         let mut args = vec![
             format!("--ca-secret-namespace={}", ns.name),
             "--trust-domain=e2e.example".to_string(),
@@ -70,17 +70,17 @@ impl Fixture {
         }
     }
 
-    async fn identity(&self, name: &str) {
+    pub(crate) async fn identity(&self, name: &str) {
         self.ids.create(&PostParams::default(), &identity(name)).await.unwrap();
     }
 
-    async fn job(&self, name: &str, deadline: Option<i64>) -> Job {
+    pub(crate) async fn job(&self, name: &str, deadline: Option<i64>) -> Job {
         let mut j = job(name);
         j.spec.as_mut().unwrap().active_deadline_seconds = deadline;
         self.jobs.create(&PostParams::default(), &j).await.unwrap()
     }
 
-    async fn grant(
+    pub(crate) async fn grant(
         &self,
         name: &str,
         identity: &str,
@@ -105,14 +105,14 @@ impl Fixture {
         self.grants.create(&PostParams::default(), &g).await.unwrap()
     }
 
-    async fn wait_phase(&self, name: &str, phase: GrantPhase) -> ToolGrant {
+    pub(crate) async fn wait_phase(&self, name: &str, phase: GrantPhase) -> ToolGrant {
         wait_for(&self.grants, name, &format!("{phase:?}"), move |g: &ToolGrant| {
             g.status.as_ref().and_then(|s| s.phase) == Some(phase)
         })
         .await
     }
 
-    async fn crl(&self) -> (u64, Vec<String>) {
+    pub(crate) async fn crl(&self) -> (u64, Vec<String>) {
         let cms: Api<ConfigMap> = self.ns.api();
         let cm = cms.get("mandate-crl").await.expect("CRL ConfigMap published");
         let pem_text = cm.data.unwrap()["crl.pem"].clone();
@@ -130,7 +130,7 @@ impl Fixture {
     }
 
     /// Waits until the CRL lists `serial` (the ConfigMap is watched, not polled).
-    async fn wait_revoked_in_crl(&self, serial: &str) {
+    pub(crate) async fn wait_revoked_in_crl(&self, serial: &str) {
         let cms: Api<ConfigMap> = self.ns.api();
         let serial = serial.to_string();
         wait_for(&cms, "mandate-crl", "listing the serial", move |cm: &ConfigMap| {
@@ -143,12 +143,12 @@ impl Fixture {
     }
 }
 
-fn github() -> serde_json::Value {
+pub(crate) fn github() -> serde_json::Value {
     json!([{ "name": "github", "actions": ["read"], "destinations": ["api.github.com"] }])
 }
 
 /// Parses the Secret's certificate and checks the X.509-SVID profile and the chain.
-fn check_svid(secret: &Secret, spiffe_id: &str) -> (String, i64) {
+pub(crate) fn check_svid(secret: &Secret, spiffe_id: &str) -> (String, i64) {
     let data = secret.data.as_ref().expect("secret has data");
     assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
     for key in ["tls.crt", "tls.key", "ca.crt"] {
@@ -180,7 +180,7 @@ fn check_svid(secret: &Secret, spiffe_id: &str) -> (String, i64) {
     )
 }
 
-fn secret_for(f: &Fixture, name: &str) -> impl std::future::Future<Output = Secret> {
+pub(crate) fn secret_for(f: &Fixture, name: &str) -> impl std::future::Future<Output = Secret> {
     let secrets = f.secrets.clone();
     let name = name.to_string();
     async move { wait_for(&secrets, &name, "present", |_| true).await }

@@ -10,3 +10,4 @@ mod support;
 mod controlplane;
 mod grants;
 mod identity;
+mod threats;

@@ -61,6 +61,11 @@ impl Operator {
         *self = Self::spawn(namespace, self.args.clone(), n);
     }
 
+    /// Process id, for reading its memory use from /proc.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The operator's log so far, for assertions on what it reported.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -253,7 +253,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let grant_controller = Controller::new(grants.clone(), watcher::Config::default());
     let store = grant_controller.store();
     let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
+    // Every change of the CA (restored, replaced, deleted) re-checks every grant: ones
+    // waiting on it can issue, and none may keep issuing from a CA that is gone.
+    let ca_changes = futures::stream::unfold(ctx.ca.clone(), |mut rx| async move {
+        rx.changed().await.ok().map(|_| ((), rx))
+    });
     let grant_controller = grant_controller
+        .reconcile_all_on(ca_changes)
         .owns(
             api_for::<Secret>(&client, ns),
             watcher::Config::default().labels(LABEL_GRANT),
