@@ -24,7 +24,8 @@ async fn identity_reports_its_spiffe_id_and_ready() {
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = TestNamespace::new(&client, "ident").await;
-    let _op = Operator::start(&ns.name, &["--trust-domain=e2e.example"]).await;
+    let ca_ns = format!("--ca-secret-namespace={}", ns.name);
+    let _op = Operator::start(&ns.name, &["--trust-domain=e2e.example", &ca_ns]).await;
     let ids: Api<AgentIdentity> = ns.api();
     ids.create(&PostParams::default(), &identity("triage")).await.unwrap();
     let got = wait_for(&ids, "triage", "Ready", |i: &AgentIdentity| {

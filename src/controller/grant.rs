@@ -22,6 +22,7 @@ use kube::{
     runtime::{
         controller::Action,
         events::{Event, EventType},
+        reflector::ObjectRef,
     },
 };
 use serde_json::json;
@@ -120,15 +121,53 @@ async fn task_resource(ctx: &Context, api_version: &str, kind: &str) -> Result<A
     Ok(ar)
 }
 
+/// Converts a cached typed object into the dynamic form the task adapters read.
+fn to_dynamic<K: serde::Serialize>(obj: &K) -> Option<DynamicObject> {
+    serde_json::to_value(obj)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+}
+
 async fn fetch_task(ctx: &Context, grant: &ToolGrant, ns: &str) -> Result<Option<TaskState>, Error> {
     let r = &grant.spec.task_ref;
-    let ar = task_resource(ctx, &r.api_version, &r.kind).await?;
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
-    let obj = api.get_opt(&r.name).await.map_err(|source| Error::FetchTask {
-        name: r.name.clone(),
+    let kind = TaskKind::of(&r.api_version, &r.kind);
+    let cached = match kind {
+        TaskKind::Job => ctx
+            .jobs
+            .get(&ObjectRef::new(&r.name).within(ns))
+            .and_then(|j| to_dynamic(j.as_ref())),
+        TaskKind::Pod => ctx
+            .pods
+            .get(&ObjectRef::new(&r.name).within(ns))
+            .and_then(|p| to_dynamic(p.as_ref())),
+        TaskKind::Generic => None,
+    };
+    // A cache miss is confirmed against the API server: a task is only ever reported
+    // gone (which revokes) on the API server's word.
+    let obj = match cached {
+        Some(obj) => Some(obj),
+        None => {
+            let ar = task_resource(ctx, &r.api_version, &r.kind).await?;
+            let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+            api.get_opt(&r.name).await.map_err(|source| Error::FetchTask {
+                name: r.name.clone(),
+                source,
+            })?
+        }
+    };
+    Ok(obj.map(|o| task::observe(kind, &o, &ctx.finished_conditions)))
+}
+
+async fn fetch_identity(ctx: &Context, grant: &ToolGrant, ns: &str) -> Result<Option<AgentIdentity>, Error> {
+    let name = &grant.spec.identity_ref.name;
+    if let Some(id) = ctx.identities.get(&ObjectRef::new(name).within(ns)) {
+        return Ok(Some(id.as_ref().clone()));
+    }
+    let identities: Api<AgentIdentity> = Api::namespaced(ctx.client.clone(), ns);
+    identities.get_opt(name).await.map_err(|source| Error::FetchIdentity {
+        name: name.clone(),
         source,
-    })?;
-    Ok(obj.map(|o| task::observe(TaskKind::of(&r.api_version, &r.kind), &o, &ctx.finished_conditions)))
+    })
 }
 
 pub async fn reconcile(grant: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -136,16 +175,9 @@ pub async fn reconcile(grant: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Actio
     let name = grant.name_any();
     let grants: Api<ToolGrant> = Api::namespaced(ctx.client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let identities: Api<AgentIdentity> = Api::namespaced(ctx.client.clone(), &ns);
 
     // Fetch.
-    let identity = identities
-        .get_opt(&grant.spec.identity_ref.name)
-        .await
-        .map_err(|source| Error::FetchIdentity {
-            name: grant.spec.identity_ref.name.clone(),
-            source,
-        })?;
+    let identity = fetch_identity(&ctx, &grant, &ns).await?;
     let task = fetch_task(&ctx, &grant, &ns).await?;
     let secret = secrets
         .get_opt(&secret_name(&grant))

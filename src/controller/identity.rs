@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::{Context, Error, MANAGER, TRUST_BUNDLE_CONFIGMAP, ca::CaState};
 use crate::{
-    api::{AgentIdentity, AgentIdentityStatus, GrantPhase, ToolGrant},
+    api::{AgentIdentity, AgentIdentityStatus, GrantPhase},
     conditions::{self, Desired},
     spiffe::SpiffeId,
 };
@@ -76,36 +76,41 @@ pub async fn reconcile(identity: Arc<AgentIdentity>, ctx: Arc<Context>) -> Resul
     let ca_state = ctx.ca.borrow().clone();
     if let CaState::Ready(ca) = &ca_state {
         let bundle = ca.bundle_pem();
-        let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-        let cm = json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": { "name": TRUST_BUNDLE_CONFIGMAP, "labels": { "app.kubernetes.io/managed-by": "mandate" } },
-            "data": { "ca.crt": bundle },
-        });
-        cms.patch(
-            TRUST_BUNDLE_CONFIGMAP,
-            &PatchParams::apply(&format!("{MANAGER}/trust-bundle")).force(),
-            &Patch::Apply(&cm),
-        )
-        .await
-        .map_err(|source| Error::WriteTrustBundle {
-            namespace: ns.clone(),
-            source,
-        })?;
+        let published = ctx.published_bundles.lock().expect("bundle cache").get(&ns) == Some(&bundle);
+        if !published {
+            let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+            let cm = json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": { "name": TRUST_BUNDLE_CONFIGMAP, "labels": { "app.kubernetes.io/managed-by": "mandate" } },
+                "data": { "ca.crt": bundle },
+            });
+            cms.patch(
+                TRUST_BUNDLE_CONFIGMAP,
+                &PatchParams::apply(&format!("{MANAGER}/trust-bundle")).force(),
+                &Patch::Apply(&cm),
+            )
+            .await
+            .map_err(|source| Error::WriteTrustBundle {
+                namespace: ns.clone(),
+                source,
+            })?;
+            ctx.published_bundles
+                .lock()
+                .expect("bundle cache")
+                .insert(ns.clone(), bundle);
+        }
     }
 
-    let grants: Api<ToolGrant> = Api::namespaced(ctx.client.clone(), &ns);
-    let active = grants
-        .list(&Default::default())
-        .await
-        .map_err(|source| Error::ListGrants {
-            namespace: ns.clone(),
-            source,
-        })?
-        .items
+    // Counted from the watch cache: an identity's status is a report, and a count that
+    // lags a moment is corrected by the next grant event.
+    let active = ctx
+        .grants
+        .state()
         .iter()
         .filter(|g| {
-            g.spec.identity_ref.name == name && g.status.as_ref().and_then(|s| s.phase) == Some(GrantPhase::Issued)
+            g.namespace().as_deref() == Some(ns.as_str())
+                && g.spec.identity_ref.name == name
+                && g.status.as_ref().and_then(|s| s.phase) == Some(GrantPhase::Issued)
         })
         .count() as i32;
 

@@ -23,9 +23,10 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::ApiResource,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Recorder, Reporter},
+        reflector,
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -168,6 +169,14 @@ pub struct Context {
     pub finished_conditions: FinishedConditions,
     /// API resources of task kinds found by discovery, by `apiVersion/kind`.
     pub task_kinds: Mutex<HashMap<String, ApiResource>>,
+    /// Caches fed by the controllers' watches. A miss is confirmed with a GET before
+    /// anything is revoked, so a cache that lags can delay but never wrongly revoke.
+    pub grants: Store<ToolGrant>,
+    pub identities: Store<AgentIdentity>,
+    pub jobs: Store<Job>,
+    pub pods: Store<Pod>,
+    /// The trust bundle last published per namespace, so it is written only on change.
+    pub published_bundles: Mutex<HashMap<String, String>>,
 }
 
 fn api_for<K>(client: &Client, ns: &Option<String>) -> Api<K>
@@ -235,6 +244,25 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         ca: ca_rx.clone(),
     });
 
+    let ns = &args.watch_namespace;
+    let grants: Api<ToolGrant> = api_for(&client, ns);
+    let grant_controller = Controller::new(grants.clone(), watcher::Config::default());
+    let identity_controller = Controller::new(api_for::<AgentIdentity>(&client, ns), watcher::Config::default());
+    let (job_store, job_writer) = reflector::store();
+    let (pod_store, pod_writer) = reflector::store();
+    let (identity_store, identity_writer) = reflector::store();
+    // Each cache is updated by the same watch that triggers the grant reconciles, before
+    // the trigger passes on, so a reconcile never reads a state older than its trigger.
+    let identities = watcher(api_for::<AgentIdentity>(&client, ns), watcher::Config::default())
+        .default_backoff()
+        .reflect(identity_writer);
+    let jobs = watcher(api_for::<Job>(&client, ns), watcher::Config::default())
+        .default_backoff()
+        .reflect(job_writer);
+    let pods = watcher(api_for::<Pod>(&client, ns), watcher::Config::default())
+        .default_backoff()
+        .reflect(pod_writer);
+
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,
@@ -246,11 +274,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             types: args.task_finished_conditions.clone(),
         },
         task_kinds: Mutex::new(HashMap::new()),
+        grants: grant_controller.store(),
+        identities: identity_store,
+        jobs: job_store,
+        pods: pod_store,
+        published_bundles: Mutex::new(HashMap::new()),
     });
 
-    let ns = &args.watch_namespace;
-    let grants: Api<ToolGrant> = api_for(&client, ns);
-    let grant_controller = Controller::new(grants.clone(), watcher::Config::default());
     let store = grant_controller.store();
     let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
     // Every change of the CA (restored, replaced, deleted) re-checks every grant: ones
@@ -264,27 +294,19 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             api_for::<Secret>(&client, ns),
             watcher::Config::default().labels(LABEL_GRANT),
         )
-        .watches(
-            api_for::<Job>(&client, ns),
-            watcher::Config::default(),
-            move |job: Job| grants_for_task(&s1, "batch/v1", "Job", job.namespace(), &job.name_any()),
-        )
-        .watches(
-            api_for::<Pod>(&client, ns),
-            watcher::Config::default(),
-            move |pod: Pod| grants_for_task(&s2, "v1", "Pod", pod.namespace(), &pod.name_any()),
-        )
-        .watches(
-            api_for::<AgentIdentity>(&client, ns),
-            watcher::Config::default(),
-            move |id: AgentIdentity| {
-                s3.state()
-                    .iter()
-                    .filter(|g| g.namespace() == id.namespace() && g.spec.identity_ref.name == id.name_any())
-                    .map(|g| ObjectRef::from_obj(g.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(jobs.touched_objects(), move |job: Job| {
+            grants_for_task(&s1, "batch/v1", "Job", job.namespace(), &job.name_any())
+        })
+        .watches_stream(pods.touched_objects(), move |pod: Pod| {
+            grants_for_task(&s2, "v1", "Pod", pod.namespace(), &pod.name_any())
+        })
+        .watches_stream(identities.touched_objects(), move |id: AgentIdentity| {
+            s3.state()
+                .iter()
+                .filter(|g| g.namespace() == id.namespace() && g.spec.identity_ref.name == id.name_any())
+                .map(|g| ObjectRef::from_obj(g.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
         .run(grant::reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
@@ -293,7 +315,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             }
         });
 
-    let identity_controller = Controller::new(api_for::<AgentIdentity>(&client, ns), watcher::Config::default())
+    let identity_controller = identity_controller
         .watches(grants, watcher::Config::default(), |g: ToolGrant| {
             Some(ObjectRef::new(&g.spec.identity_ref.name).within(&g.namespace().unwrap_or_default()))
         })
