@@ -504,9 +504,10 @@ async fn threat_31_operator_killed_and_restarted_neither_duplicates_nor_loses_a_
         .unwrap()
         .serial_number;
     // Crash and come back: the same certificate stays, none is issued twice.
+    // Read the CRL number before the restart: the new process re-signs at once.
+    let (number, _) = f.crl().await;
     f.op.restart(&f.ns.name).await;
     let cms: Api<ConfigMap> = f.ns.api();
-    let (number, _) = f.crl().await;
     // The restarted operator re-signs the CRL on start; once it has, it has reconciled too.
     wait_for(&cms, "mandate-crl", "re-signed after restart", move |cm: &ConfigMap| {
         cm.data

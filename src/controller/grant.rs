@@ -170,10 +170,20 @@ async fn fetch_identity(ctx: &Context, grant: &ToolGrant, ns: &str) -> Result<Op
     })
 }
 
-pub async fn reconcile(grant: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = grant.namespace().ok_or(Error::MissingNamespace)?;
-    let name = grant.name_any();
+pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = cached.namespace().ok_or(Error::MissingNamespace)?;
+    let name = cached.name_any();
     let grants: Api<ToolGrant> = Api::namespaced(ctx.client.clone(), &ns);
+    // The watch cache can trail our own last write (a status written a moment ago may
+    // not be in it yet), and every decision builds on the grant's status, so read the
+    // grant itself fresh.
+    let Some(grant) = grants.get_opt(&name).await.map_err(|source| Error::FetchGrant {
+        name: name.clone(),
+        source,
+    })?
+    else {
+        return Ok(Action::await_change());
+    };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
 
     // Fetch.
@@ -431,10 +441,17 @@ pub async fn reconcile(grant: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Actio
             if !phase.is_final() {
                 ensure_finalizer(&grants, &grant).await?;
             }
-            let status = ToolGrantStatus {
-                phase: Some(phase),
-                observed_generation: grant.metadata.generation,
-                conditions: conditions::merge(
+            // An issued grant whose status already reports this generation as ready keeps
+            // its conditions as written at issuance: rewriting only the wording would
+            // cost a write (and a reconcile) per grant for nothing.
+            let unchanged = phase == GrantPhase::Issued
+                && previous.phase == Some(GrantPhase::Issued)
+                && previous.observed_generation == grant.metadata.generation
+                && conditions::is_true(&previous.conditions, conditions::READY);
+            let conditions = if unchanged {
+                previous.conditions.clone()
+            } else {
+                conditions::merge(
                     &previous.conditions,
                     vec![Desired {
                         type_: conditions::READY,
@@ -444,7 +461,12 @@ pub async fn reconcile(grant: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Actio
                     }],
                     grant.metadata.generation,
                     now,
-                ),
+                )
+            };
+            let status = ToolGrantStatus {
+                phase: Some(phase),
+                observed_generation: grant.metadata.generation,
+                conditions,
                 ..previous.clone()
             };
             if grant.status.as_ref() != Some(&status) {

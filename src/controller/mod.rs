@@ -63,6 +63,12 @@ pub enum Error {
     },
     #[error("object has no namespace")]
     MissingNamespace,
+    #[error("failed to read ToolGrant {name}: {source}")]
+    FetchGrant {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("failed to read AgentIdentity {name}: {source}")]
     FetchIdentity {
         name: String,
@@ -131,6 +137,7 @@ impl Error {
         match self {
             Error::WriteStatus { .. } => "WriteStatusFailed",
             Error::MissingNamespace => "MissingNamespace",
+            Error::FetchGrant { .. } => "FetchGrantFailed",
             Error::FetchIdentity { .. } => "FetchIdentityFailed",
             Error::FetchTask { .. } => "FetchTaskFailed",
             Error::DiscoverTaskKind { .. } => "UnknownTaskKind",
@@ -207,6 +214,34 @@ fn grants_for_task(
         })
         .map(|g| ObjectRef::from_obj(g.as_ref()))
         .collect()
+}
+
+/// Passes on objects whose spec changed (a new generation) or that were deleted, and
+/// drops status-only updates. An identity's status changes with every grant issued for
+/// it; re-checking all its grants on each of those would cost O(grants²).
+fn spec_changes<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + Send + 'static,
+{
+    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
+    events.filter_map(move |ev| {
+        let out = match ev {
+            Ok(watcher::Event::Apply(o)) | Ok(watcher::Event::InitApply(o)) => {
+                let uid = o.meta().uid.clone().unwrap_or_default();
+                let generation = o.meta().generation;
+                (seen.insert(uid, generation) != Some(generation)).then_some(Ok(o))
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                seen.remove(&o.meta().uid.clone().unwrap_or_default());
+                Some(Ok(o))
+            }
+            Ok(watcher::Event::Init) | Ok(watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        };
+        futures::future::ready(out)
+    })
 }
 
 /// Runs the controllers until SIGINT or SIGTERM.
@@ -300,7 +335,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .watches_stream(pods.touched_objects(), move |pod: Pod| {
             grants_for_task(&s2, "v1", "Pod", pod.namespace(), &pod.name_any())
         })
-        .watches_stream(identities.touched_objects(), move |id: AgentIdentity| {
+        .watches_stream(spec_changes(identities), move |id: AgentIdentity| {
             s3.state()
                 .iter()
                 .filter(|g| g.namespace() == id.namespace() && g.spec.identity_ref.name == id.name_any())
