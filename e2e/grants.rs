@@ -112,6 +112,15 @@ impl Fixture {
         .await
     }
 
+    /// Waits until the grant is Issued and returns its certificate's serial.
+    pub(crate) async fn issued_serial(&self, name: &str) -> String {
+        let g = self.wait_phase(name, GrantPhase::Issued).await;
+        g.status
+            .and_then(|s| s.certificate)
+            .expect("an issued grant reports its certificate")
+            .serial_number
+    }
+
     pub(crate) async fn crl(&self) -> (u64, Vec<String>) {
         let cms: Api<ConfigMap> = self.ns.api();
         let cm = cms.get("mandate-crl").await.expect("CRL ConfigMap published");
@@ -238,14 +247,7 @@ async fn completed_job_revokes_the_serial_then_deletes_the_secret() {
     f.job("work", None).await;
     f.grant("g", "triage", ("batch/v1", "Job", "work"), github(), Some("10m"))
         .await;
-    let serial = f
-        .wait_phase("g", GrantPhase::Issued)
-        .await
-        .status
-        .unwrap()
-        .certificate
-        .unwrap()
-        .serial_number;
+    let serial = f.issued_serial("g").await;
     let (number_before, _) = f.crl().await;
     kubelet::finish_job_pod(&f.pods, "work", Outcome::Succeeded).await;
     let g = f.wait_phase("g", GrantPhase::Revoked).await;
@@ -290,14 +292,7 @@ async fn deleted_task_revokes_the_grant() {
     f.job("work", None).await;
     f.grant("g", "triage", ("batch/v1", "Job", "work"), github(), None)
         .await;
-    let serial = f
-        .wait_phase("g", GrantPhase::Issued)
-        .await
-        .status
-        .unwrap()
-        .certificate
-        .unwrap()
-        .serial_number;
+    let serial = f.issued_serial("g").await;
     f.jobs.delete("work", &DeleteParams::foreground()).await.unwrap();
     let g = f.wait_phase("g", GrantPhase::Revoked).await;
     assert_eq!(g.status.unwrap().revocation.unwrap().reason, "TaskDeleted");
@@ -333,14 +328,7 @@ async fn suspended_identity_revokes_its_grants_for_good() {
     f.job("work", None).await;
     f.grant("g", "triage", ("batch/v1", "Job", "work"), github(), None)
         .await;
-    let serial = f
-        .wait_phase("g", GrantPhase::Issued)
-        .await
-        .status
-        .unwrap()
-        .certificate
-        .unwrap()
-        .serial_number;
+    let serial = f.issued_serial("g").await;
     let suspend = |on: bool| json!({ "spec": { "suspended": on } });
     f.ids
         .patch("triage", &PatchParams::default(), &Patch::Merge(&suspend(true)))
@@ -495,14 +483,7 @@ async fn threat_31_operator_killed_and_restarted_neither_duplicates_nor_loses_a_
     f.job("work", None).await;
     f.grant("g", "triage", ("batch/v1", "Job", "work"), github(), Some("30m"))
         .await;
-    let serial = f
-        .wait_phase("g", GrantPhase::Issued)
-        .await
-        .status
-        .unwrap()
-        .certificate
-        .unwrap()
-        .serial_number;
+    let serial = f.issued_serial("g").await;
     // Crash and come back: the same certificate stays, none is issued twice.
     // Read the CRL number before the restart: the new process re-signs at once.
     let (number, _) = f.crl().await;

@@ -51,16 +51,6 @@ async fn wait_reason(f: &Fixture, name: &str, reason: &'static str) -> ToolGrant
 }
 
 /// The live certificate's serial of an Issued grant.
-async fn issued_serial(f: &Fixture, name: &str) -> String {
-    f.wait_phase(name, GrantPhase::Issued)
-        .await
-        .status
-        .unwrap()
-        .certificate
-        .unwrap()
-        .serial_number
-}
-
 /// The DER of the certificate in a grant Secret's `tls.crt`.
 fn leaf_der(secret: &Secret) -> Vec<u8> {
     let pem = &secret.data.as_ref().expect("secret has data")["tls.crt"].0;
@@ -211,7 +201,7 @@ async fn threat_4_grant_waits_for_a_missing_identity_and_is_checked_against_it_w
         .patch("triage", &PatchParams::default(), &Patch::Merge(&ceiling))
         .await
         .unwrap();
-    let serial = issued_serial(&f, "g").await;
+    let serial = f.issued_serial("g").await;
     let spiffe = format!("spiffe://e2e.example/ns/{}/agent/triage", f.ns.name);
     let (in_secret, _) = check_svid(&secret_for(&f, "g").await, &spiffe);
     assert_eq!(in_secret, serial);
@@ -224,7 +214,7 @@ async fn threat_7_widening_a_running_grant_revokes_the_old_certificate_before_th
     f.identity("triage").await;
     f.job("work", None).await;
     f.grant("g", "triage", TASK, github(), None).await;
-    let old = issued_serial(&f, "g").await;
+    let old = f.issued_serial("g").await;
 
     let wider = json!({ "spec": { "tools": [
         { "name": "github", "actions": ["read", "write"], "destinations": ["api.github.com"] },
@@ -272,7 +262,7 @@ async fn threat_7_widening_beyond_the_ceiling_denies_and_revokes() {
     f.identity("triage").await;
     f.job("work", None).await;
     f.grant("g", "triage", TASK, github(), None).await;
-    let old = issued_serial(&f, "g").await;
+    let old = f.issued_serial("g").await;
 
     let beyond = json!({ "spec": { "tools": [
         { "name": "github", "actions": ["read", "admin"], "destinations": ["api.github.com"] },
@@ -301,7 +291,7 @@ async fn threat_19_deleted_ca_secret_stops_issuance_and_no_new_root_is_created()
     f.identity("triage").await;
     f.job("work", None).await;
     f.grant("g", "triage", TASK, github(), None).await;
-    issued_serial(&f, "g").await;
+    f.issued_serial("g").await;
     let cms: Api<ConfigMap> = f.ns.api();
     wait_for(&cms, "mandate-crl", "published", |_| true).await;
 
@@ -429,7 +419,7 @@ async fn threat_25_private_keys_never_reach_status_events_or_logs() {
     f.identity("triage").await;
     f.job("work", None).await;
     f.grant("g", "triage", TASK, github(), None).await;
-    let serial = issued_serial(&f, "g").await;
+    let serial = f.issued_serial("g").await;
     let leaf_key = secret_for(&f, "g").await.data.unwrap()["tls.key"].0.clone();
     let ca_key = f.secrets.get("mandate-ca").await.unwrap().data.unwrap()["tls.key"]
         .0
@@ -516,7 +506,7 @@ async fn threat_23_crl_number_only_increases_across_restarts() {
     f.job("work", None).await;
     f.job("work2", None).await;
     f.grant("g", "triage", TASK, github(), None).await;
-    let first = issued_serial(&f, "g").await;
+    let first = f.issued_serial("g").await;
     let n0 = wait_crl_number_above(&f, 0).await.0;
 
     kubelet::finish_job_pod(&f.pods, "work", Outcome::Succeeded).await;
@@ -531,7 +521,7 @@ async fn threat_23_crl_number_only_increases_across_restarts() {
 
     f.grant("g2", "triage", ("batch/v1", "Job", "work2"), github(), None)
         .await;
-    let second = issued_serial(&f, "g2").await;
+    let second = f.issued_serial("g2").await;
     kubelet::finish_job_pod(&f.pods, "work2", Outcome::Succeeded).await;
     f.wait_phase("g2", GrantPhase::Revoked).await;
     let (n3, revoked) = f.crl().await;
@@ -568,7 +558,7 @@ async fn threat_19_restoring_the_ca_secret_resumes_issuance_for_waiting_grants()
     f.identity("triage").await;
     f.job("work", None).await;
     f.grant("g", "triage", TASK, github(), None).await;
-    issued_serial(&f, "g").await;
+    f.issued_serial("g").await;
     let cms: Api<ConfigMap> = f.ns.api();
     wait_for(&cms, "mandate-crl", "published", |_| true).await;
     let ca = f.secrets.get("mandate-ca").await.unwrap();
@@ -589,7 +579,7 @@ async fn threat_19_restoring_the_ca_secret_resumes_issuance_for_waiting_grants()
     }))
     .unwrap();
     f.secrets.create(&PostParams::default(), &restored).await.unwrap();
-    issued_serial(&f, "g2").await;
+    f.issued_serial("g2").await;
     let secret = secret_for(&f, "g2").await;
     assert_eq!(secret.data.unwrap()["ca.crt"].0, root, "issued under another root");
     f.ns.cleanup().await;
