@@ -21,7 +21,7 @@ use super::ToolScope;
     printcolumn = r#"{"name":"Task","type":"string","jsonPath":".spec.taskRef.name"}"#,
     printcolumn = r#"{"name":"Task Kind","type":"string","jsonPath":".spec.taskRef.kind","priority":1}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.certificate.notAfter"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","jsonPath":".status.certificate.notAfter"}"#,
     printcolumn = r#"{"name":"Serial","type":"string","jsonPath":".status.certificate.serialNumber","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
