@@ -43,7 +43,8 @@ api_ready() {
 
 start() { # name, args...
   local name=$1; shift
-  "$@" >"$D/$name.log" 2>&1 &
+  # A session of its own, so Ctrl-C on `make run` stops the operator, not the cluster.
+  setsid "$@" >"$D/$name.log" 2>&1 </dev/null &
   echo $! >"$D/$name.pid"
 }
 
@@ -100,7 +101,11 @@ up() {
     return 0
   fi
   for c in $COMPONENTS; do
-    if alive "$c"; then log "$c is running but the cluster is not ready; run 'make cluster-down' first"; return 1; fi
+    if alive "$c"; then
+      log "$c is running but the control plane is not ready; stopping what is left and starting afresh"
+      down
+      break
+    fi
   done
   local bin
   bin=$("$here/build.sh")
