@@ -402,8 +402,8 @@ mod tests {
 
     use super::*;
     use crate::pki::test_support::{
-        DAY, NOW, authority_key_id, der_of, external_intermediate, leaf_request, parse, root, self_signed,
-        valid_ca_params,
+        DAY, NOW, assert_ecdsa_p256, authority_key_id, der_of, external_intermediate, leaf_request, parse, root,
+        self_signed, valid_ca_params,
     };
     use crate::pki::verify_signed_by;
 
@@ -426,19 +426,7 @@ mod tests {
             (ca.not_before(), ca.not_after()),
             (NOW - Duration::hours(1), NOW + 365 * DAY)
         );
-        assert_eq!(
-            cert.public_key().algorithm.algorithm.to_id_string(),
-            "1.2.840.10045.2.1"
-        );
-        let curve = cert
-            .public_key()
-            .algorithm
-            .parameters
-            .as_ref()
-            .unwrap()
-            .as_oid()
-            .unwrap();
-        assert_eq!(curve.to_id_string(), "1.2.840.10045.3.1.7", "prime256v1");
+        assert_ecdsa_p256(&cert);
         assert_eq!(cert.raw_serial().len(), 16);
         assert_eq!(subject_key_id(&cert).unwrap(), Some(ca.key_id().to_vec()));
         cert.verify_signature(None).unwrap();

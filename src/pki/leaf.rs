@@ -296,7 +296,7 @@ mod tests {
     use x509_parser::x509::X509Version;
 
     use super::*;
-    use crate::pki::test_support::{DAY, NOW, authority_key_id, der_of, leaf_request, parse, root};
+    use crate::pki::test_support::{DAY, NOW, assert_ecdsa_p256, authority_key_id, der_of, leaf_request, parse, root};
 
     #[test]
     fn leaf_has_exactly_one_uri_san_and_the_svid_profile() {
@@ -326,19 +326,7 @@ mod tests {
             _ => None,
         });
         assert_eq!(ski.map(|id| id.len()), Some(20), "subjectKeyIdentifier present");
-        assert_eq!(
-            cert.public_key().algorithm.algorithm.to_id_string(),
-            "1.2.840.10045.2.1"
-        );
-        let curve = cert
-            .public_key()
-            .algorithm
-            .parameters
-            .as_ref()
-            .unwrap()
-            .as_oid()
-            .unwrap();
-        assert_eq!(curve.to_id_string(), "1.2.840.10045.3.1.7", "P-256");
+        assert_ecdsa_p256(&cert);
         assert_eq!(
             cert.signature_algorithm.algorithm.to_id_string(),
             "1.2.840.10045.4.3.2",

@@ -110,3 +110,15 @@ pub(crate) fn authority_key_id(extensions: &[X509Extension<'_>]) -> Vec<u8> {
         })
         .expect("an authorityKeyIdentifier with a keyIdentifier")
 }
+
+/// Asserts the certificate's key is ECDSA (id-ecPublicKey) on P-256 (prime256v1).
+pub(crate) fn assert_ecdsa_p256(cert: &X509Certificate<'_>) {
+    let alg = &cert.public_key().algorithm;
+    assert_eq!(alg.algorithm.to_id_string(), "1.2.840.10045.2.1", "id-ecPublicKey");
+    let curve = alg
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .expect("named curve");
+    assert_eq!(curve.to_id_string(), "1.2.840.10045.3.1.7", "prime256v1");
+}
