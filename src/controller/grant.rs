@@ -361,31 +361,23 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
                     serial_numbers: serials.clone(),
                 })
             };
+            let desired = vec![
+                Desired {
+                    type_: conditions::READY,
+                    status: false,
+                    reason,
+                    message: message.clone(),
+                },
+                Desired {
+                    type_: conditions::REVOKED,
+                    status: true,
+                    reason,
+                    message: message.clone(),
+                },
+            ];
             let status = ToolGrantStatus {
-                phase: Some(phase),
                 revocation,
-                superseded: vec![],
-                observed_generation: grant.metadata.generation,
-                conditions: conditions::merge(
-                    &previous.conditions,
-                    vec![
-                        Desired {
-                            type_: conditions::READY,
-                            status: false,
-                            reason,
-                            message: message.clone(),
-                        },
-                        Desired {
-                            type_: conditions::REVOKED,
-                            status: true,
-                            reason,
-                            message: message.clone(),
-                        },
-                    ],
-                    grant.metadata.generation,
-                    now,
-                ),
-                ..previous.clone()
+                ..ended_status(&previous, phase, desired, grant.metadata.generation, now)
             };
             if grant.status.as_ref() != Some(&status) {
                 write_status(&grants, &name, &status).await?;
@@ -403,27 +395,15 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
             message,
             serials,
         } => {
-            if !serials.is_empty() {
-                record_revocation(&ctx, &grant, &observed, &serials, reason).await?;
-            }
+            record_revocation(&ctx, &grant, &observed, &serials, reason).await?;
             delete_secret_if_ours(&secrets, &grant, secret.as_ref()).await?;
-            let status = ToolGrantStatus {
-                phase: Some(GrantPhase::Denied),
-                observed_generation: grant.metadata.generation,
-                superseded: vec![],
-                conditions: conditions::merge(
-                    &previous.conditions,
-                    vec![Desired {
-                        type_: conditions::READY,
-                        status: false,
-                        reason,
-                        message: message.clone(),
-                    }],
-                    grant.metadata.generation,
-                    now,
-                ),
-                ..previous.clone()
-            };
+            let desired = vec![Desired {
+                type_: conditions::READY,
+                status: false,
+                reason,
+                message: message.clone(),
+            }];
+            let status = ended_status(&previous, GrantPhase::Denied, desired, grant.metadata.generation, now);
             if grant.status.as_ref() != Some(&status) {
                 write_status(&grants, &name, &status).await?;
                 warn!(grant = %name, namespace = %ns, identity = %grant.spec.identity_ref.name, reason, %message, "grant denied");
@@ -496,6 +476,24 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
                 None => Action::await_change(),
             })
         }
+    }
+}
+
+/// The status of a grant whose certificates were just revoked (Revoked, Expired) or
+/// withdrawn (Denied): no superseded serials remain, the rest of the status is kept.
+fn ended_status(
+    previous: &ToolGrantStatus,
+    phase: GrantPhase,
+    desired: Vec<Desired<'_>>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> ToolGrantStatus {
+    ToolGrantStatus {
+        phase: Some(phase),
+        superseded: vec![],
+        observed_generation: generation,
+        conditions: conditions::merge(&previous.conditions, desired, generation, now),
+        ..previous.clone()
     }
 }
 
