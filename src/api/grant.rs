@@ -2,7 +2,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema, core::Duration};
 use serde::{Deserialize, Serialize};
 
-use super::ToolScope;
+use super::{Sensitivity, ToolScope, UserInfo};
 
 /// Named tools, actions and destinations for one identity, for one task, for a bounded
 /// time. The operator issues a short-lived certificate for it into a Secret, renews it
@@ -25,6 +25,7 @@ use super::ToolScope;
     printcolumn = r#"{"name":"Serial","type":"string","jsonPath":".status.certificate.serialNumber","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new("has(self.requester) == has(oldSelf.requester) && (!has(self.requester) || self.requester == oldSelf.requester)").message("spec.requester is recorded by Mandate's admission webhook at creation and cannot be set or changed"))]
 #[serde(rename_all = "camelCase")]
 pub struct ToolGrantSpec {
     /// The AgentIdentity, in this namespace, the grant is for. Cannot be changed.
@@ -61,6 +62,17 @@ pub struct ToolGrantSpec {
     /// The stated intent of the task, in plain words. Kept for audit and shown to policy.
     #[schemars(length(min = 1, max = 1024))]
     pub purpose: String,
+
+    /// The most sensitive data the task will handle: `public`, `internal` (the
+    /// default), `confidential` or `restricted`. Shown to policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_sensitivity: Option<Sensitivity>,
+
+    /// Who created the grant, recorded by Mandate's admission webhook from the request's
+    /// authenticated user and shown to policy. Setting or changing it is rejected; a
+    /// grant without it is never issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<UserInfo>,
 }
 
 /// A reference to an AgentIdentity in the grant's namespace.
@@ -93,6 +105,9 @@ pub struct TaskRef {
 pub enum GrantPhase {
     /// Not issued yet: waiting for the identity, the task, or the CA.
     Pending,
+    /// Policy permits the grant only with a human's approval of this generation
+    /// (a ToolGrantApproval); nothing is issued until then.
+    AwaitingApproval,
     /// A live certificate is in the Secret.
     Issued,
     /// The current spec cannot be issued (for example it exceeds the identity's ceiling).
@@ -155,6 +170,16 @@ pub struct ToolGrantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_issued: Option<Time>,
 
+    /// The latest policy decision on this grant: allowed or not, which policies
+    /// decided, why, and what they saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<DecisionRecord>,
+
+    /// The human approval the current certificate was issued under, when policy
+    /// required one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRecord>,
+
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -216,5 +241,77 @@ pub struct RevocationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// When the revocation was recorded.
+    pub time: Time,
+}
+
+/// One policy decision on a grant, kept in its status and echoed in an Event and the
+/// audit log under the same `decisionId`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionRecord {
+    /// Random id correlating this decision across status, Events, logs and metrics.
+    pub decision_id: String,
+    /// `Allow`, `Deny` or `RequireApproval`.
+    pub outcome: String,
+    /// The grant generation decided.
+    pub generation: i64,
+    /// When it was decided.
+    pub time: Time,
+    /// Ids (`<AgentPolicy>/<policy id>`) of the Enforce policies that decided: the
+    /// permits that allowed it, or the forbids that denied it. Empty for a default deny.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub policies: Vec<String>,
+    /// Why, in plain words, one line per reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub reasons: Vec<String>,
+    /// Ids of Audit policies that would have denied this grant were they enforced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub audit_denials: Vec<String>,
+    /// What the policies saw.
+    pub inputs: DecisionInputs,
+}
+
+/// A summary of a decision's inputs.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionInputs {
+    /// The requester's username (from `spec.requester`).
+    pub requester: String,
+    /// The identity's SPIFFE ID.
+    #[serde(rename = "agent")]
+    pub agent: String,
+    /// The identity's owner.
+    pub owner: String,
+    /// Tools with their actions, as `tool:action,action`.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Every destination asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<String>,
+    /// The highest sensitivity among the request and its tools.
+    pub sensitivity: Sensitivity,
+    /// The requested ttl in seconds.
+    pub ttl_seconds: i64,
+    /// The task, as `Kind/name`.
+    pub task: String,
+    /// The approval that was considered, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+}
+
+/// The approval a grant's certificate was issued under.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRecord {
+    /// Name of the ToolGrantApproval.
+    pub name: String,
+    /// Who approved.
+    pub approver: String,
+    /// The grant generation approved.
+    pub generation: i64,
+    /// When the approval was created.
     pub time: Time,
 }

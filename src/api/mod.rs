@@ -3,16 +3,25 @@
 //! Rustdoc on every field becomes the CRD's OpenAPI description, which is what
 //! `kubectl explain` shows, so it is written for the person applying a manifest.
 
+mod approval;
 mod grant;
 mod identity;
+mod policy;
 mod tool;
 
+pub use approval::{
+    ApprovalDecision, ToolGrantApproval, ToolGrantApprovalSpec, ToolGrantApprovalStatus, UserInfo,
+};
+pub use policy::{
+    AgentPolicy, AgentPolicySpec, AgentPolicyStatus, AuditDenial, AuditSummary, PolicyError, PolicyMode,
+    PolicySummary,
+};
 pub use grant::{
-    CertificateStatus, GrantPhase, IdentityRef, LifetimeCap, RevocationStatus, SupersededCertificate, TaskRef,
+    ApprovalRecord, CertificateStatus, DecisionInputs, DecisionRecord, GrantPhase, IdentityRef, LifetimeCap, RevocationStatus, SupersededCertificate, TaskRef,
     ToolGrant, ToolGrantSpec, ToolGrantStatus,
 };
 pub use identity::{AgentIdentity, AgentIdentitySpec, AgentIdentityStatus};
-pub use tool::ToolScope;
+pub use tool::{Sensitivity, ToolScope};
 
 use kube::{CustomResourceExt, Resource};
 
@@ -23,7 +32,7 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Every CustomResourceDefinition Mandate serves, in the order they are printed and installed.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![AgentIdentity::crd(), ToolGrant::crd()]
+    vec![AgentIdentity::crd(), ToolGrant::crd(), ToolGrantApproval::crd(), AgentPolicy::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream, exactly as committed under `crds/`.
@@ -51,7 +60,8 @@ mod tests {
             assert_eq!(crd.spec.group, GROUP);
             assert_eq!(crd.spec.versions.len(), 1);
             assert_eq!(crd.spec.versions[0].name, VERSION);
-            assert_eq!(crd.spec.scope, "Namespaced");
+            let expected = if crd.spec.names.kind == "AgentPolicy" { "Cluster" } else { "Namespaced" };
+            assert_eq!(crd.spec.scope, expected);
         }
         assert_eq!(api_version(), "mandate.dev/v1alpha1");
     }

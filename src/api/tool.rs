@@ -37,4 +37,44 @@ pub struct ToolScope {
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     #[x_kube(validation = Rule::new("self.all(d, !d.contains('..') && !d.contains('//'))").message("destinations must not contain '..' or '//'"))]
     pub destinations: Vec<String>,
+
+    /// Classification of the data this tool reaches: `public`, `internal`,
+    /// `confidential` or `restricted`. Set it in an identity's ceiling; policies see it
+    /// as the tool's `sensitivity`. In a grant it may only raise the ceiling's value,
+    /// never lower it. Absent means `internal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<Sensitivity>,
+}
+
+/// How sensitive the data behind a tool or a task is, from least to most. Policies
+/// compare levels through the numeric `sensitivityLevel` (0 to 3) Mandate derives.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Sensitivity {
+    /// Published or publishable data.
+    Public,
+    /// Internal data: the default when nothing is said.
+    #[default]
+    Internal,
+    /// Confidential data: customer or business data with limited access.
+    Confidential,
+    /// Restricted data: secrets, regulated or personal data.
+    Restricted,
+}
+
+impl Sensitivity {
+    /// The level as a number policies can compare: public 0 .. restricted 3.
+    pub fn level(self) -> i64 {
+        self as i64
+    }
+
+    /// The lower-case name used in manifests and policies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sensitivity::Public => "public",
+            Sensitivity::Internal => "internal",
+            Sensitivity::Confidential => "confidential",
+            Sensitivity::Restricted => "restricted",
+        }
+    }
 }

@@ -315,6 +315,8 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
                 revocation: None,
                 superseded,
                 first_issued: previous.first_issued.clone().or(Some(Time(now))),
+                decision: previous.decision.clone(),
+                approval: previous.approval.clone(),
                 observed_generation: grant.metadata.generation,
                 conditions: conditions::merge(
                     &previous.conditions,
