@@ -109,7 +109,15 @@ async fn crds_from_the_repository_are_established() {
     let client = support::client().await;
     let crds = support::install_crds(&client).await;
     let names: Vec<_> = crds.iter().map(|c| c.name_any()).collect();
-    assert_eq!(names, ["agentidentities.mandate.dev", "toolgrants.mandate.dev"]);
+    assert_eq!(
+        names,
+        [
+            "agentidentities.mandate.dev",
+            "toolgrants.mandate.dev",
+            "toolgrantapprovals.mandate.dev",
+            "agentpolicies.mandate.dev"
+        ]
+    );
     for crd in crds {
         let accepted = crd.status.unwrap().conditions.unwrap();
         assert!(

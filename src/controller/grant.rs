@@ -171,31 +171,67 @@ async fn fetch_identity(ctx: &Context, grant: &ToolGrant, ns: &str) -> Result<Op
 }
 
 pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let uid = cached.uid().unwrap_or_default();
+    let res = reconcile_grant(cached, &ctx).await;
+    if res.is_err() {
+        // Something we wrote may or may not have landed: read fresh next time.
+        ctx.written.distrust(&uid);
+    }
+    res
+}
+
+/// The grant as of our own last write: from the cache when it has caught up, else read.
+async fn fetch_grant(ctx: &Context, api: &Api<ToolGrant>, cached: &ToolGrant) -> Result<Option<ToolGrant>, Error> {
+    let uid = cached.uid().unwrap_or_default();
+    if ctx.written.grant_is_current(&uid, cached.resource_version().as_deref()) {
+        return Ok(Some(cached.clone()));
+    }
+    let name = cached.name_any();
+    let fresh = api
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::FetchGrant { name, source })?;
+    match &fresh {
+        // Read fresh: nothing of ours is pending any more.
+        Some(g) => ctx.written.wrote_grant(&uid, g.resource_version()),
+        None => ctx.written.forget(&uid),
+    }
+    Ok(fresh)
+}
+
+/// The grant's Secret as of our own last write to it: from the cache (which holds no
+/// private keys) when it has caught up, else read.
+async fn fetch_secret(ctx: &Context, api: &Api<Secret>, grant: &ToolGrant, ns: &str) -> Result<Option<Secret>, Error> {
+    let name = secret_name(grant);
+    let uid = grant.uid().unwrap_or_default();
+    let ready = ctx.secrets.wait_until_ready().await.is_ok();
+    let cached = ctx.secrets.get(&ObjectRef::new(&name).within(ns));
+    if ready
+        && ctx
+            .written
+            .secret_is_current(&uid, cached.as_ref().and_then(|s| s.resource_version()).as_deref())
+    {
+        return Ok(cached.map(|s| s.as_ref().clone()));
+    }
+    api.get_opt(&name)
+        .await
+        .map_err(|source| Error::FetchSecret { name, source })
+}
+
+async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let ctx = ctx.clone();
     let ns = cached.namespace().ok_or(Error::MissingNamespace)?;
     let name = cached.name_any();
     let grants: Api<ToolGrant> = Api::namespaced(ctx.client.clone(), &ns);
-    // The watch cache can trail our own last write (a status written a moment ago may
-    // not be in it yet), and every decision builds on the grant's status, so read the
-    // grant itself fresh.
-    let Some(grant) = grants.get_opt(&name).await.map_err(|source| Error::FetchGrant {
-        name: name.clone(),
-        source,
-    })?
-    else {
-        return Ok(Action::await_change());
-    };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
 
     // Fetch.
+    let Some(grant) = fetch_grant(&ctx, &grants, &cached).await? else {
+        return Ok(Action::await_change());
+    };
     let identity = fetch_identity(&ctx, &grant, &ns).await?;
     let task = fetch_task(&ctx, &grant, &ns).await?;
-    let secret = secrets
-        .get_opt(&secret_name(&grant))
-        .await
-        .map_err(|source| Error::FetchSecret {
-            name: secret_name(&grant),
-            source,
-        })?;
+    let secret = fetch_secret(&ctx, &secrets, &grant, &ns).await?;
     let ca_state = ctx.ca.borrow().clone();
     let ca_obs = match &ca_state {
         CaState::Ready(ca) => CaObs::Ready {
@@ -235,7 +271,7 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
             let (Some(identity), Some(task)) = (identity.as_ref(), task.as_ref()) else {
                 unreachable!("decide issues only with an identity and a task")
             };
-            ensure_finalizer(&grants, &grant).await?;
+            ensure_finalizer(&ctx, &grants, &grant).await?;
             if !revoke_first.is_empty() {
                 record_revocation(&ctx, &grant, &observed, &revoke_first, why).await?;
             }
@@ -273,6 +309,7 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
                 )
                 .map_err(Error::Issue)?;
             write_secret(
+                &ctx,
                 &secrets,
                 &grant,
                 identity,
@@ -338,7 +375,7 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
                     now,
                 ),
             };
-            write_status(&grants, &name, &status).await?;
+            write_status(&ctx, &grants, &grant, &status).await?;
             info!(grant = %name, namespace = %ns, identity = %identity.name_any(), task = %grant.spec.task_ref.name,
                   serial = %leaf.serial_hex, not_after = %lifetime.not_after, cap = ?lifetime.cap, why, "certificate issued");
             publish(&ctx, &grant, EventType::Normal, why, "Issue", message).await;
@@ -351,7 +388,7 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
             serials,
         } => {
             record_revocation(&ctx, &grant, &observed, &serials, reason).await?;
-            delete_secret_if_ours(&secrets, &grant, secret.as_ref()).await?;
+            delete_secret_if_ours(&ctx, &secrets, &grant, secret.as_ref()).await?;
             let already = previous.phase == Some(phase);
             let revocation = if already {
                 previous.revocation.clone()
@@ -382,14 +419,14 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
                 ..ended_status(&previous, phase, desired, grant.metadata.generation, now)
             };
             if grant.status.as_ref() != Some(&status) {
-                write_status(&grants, &name, &status).await?;
+                write_status(&ctx, &grants, &grant, &status).await?;
             }
             if !already {
                 info!(grant = %name, namespace = %ns, identity = %grant.spec.identity_ref.name, task = %grant.spec.task_ref.name,
                       serials = ?serials, reason, "grant revoked");
                 publish(&ctx, &grant, EventType::Normal, reason, "Revoke", message).await;
             }
-            remove_finalizer(&grants, &grant).await?;
+            remove_finalizer(&ctx, &grants, &grant).await?;
             Ok(Action::await_change())
         }
         Plan::Deny {
@@ -398,7 +435,7 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
             serials,
         } => {
             record_revocation(&ctx, &grant, &observed, &serials, reason).await?;
-            delete_secret_if_ours(&secrets, &grant, secret.as_ref()).await?;
+            delete_secret_if_ours(&ctx, &secrets, &grant, secret.as_ref()).await?;
             let desired = vec![Desired {
                 type_: conditions::READY,
                 status: false,
@@ -407,7 +444,7 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
             }];
             let status = ended_status(&previous, GrantPhase::Denied, desired, grant.metadata.generation, now);
             if grant.status.as_ref() != Some(&status) {
-                write_status(&grants, &name, &status).await?;
+                write_status(&ctx, &grants, &grant, &status).await?;
                 warn!(grant = %name, namespace = %ns, identity = %grant.spec.identity_ref.name, reason, %message, "grant denied");
                 publish(&ctx, &grant, EventType::Warning, reason, "Deny", message).await;
             }
@@ -421,7 +458,7 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
             requeue_at,
         } => {
             if !phase.is_final() {
-                ensure_finalizer(&grants, &grant).await?;
+                ensure_finalizer(&ctx, &grants, &grant).await?;
             }
             // An issued grant whose status already reports this generation as ready keeps
             // its conditions as written at issuance: rewriting only the wording would
@@ -458,14 +495,14 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
                     .find(|c| c.type_ == conditions::READY)
                     .map(|c| c.reason.as_str())
                     != Some(reason);
-                write_status(&grants, &name, &status).await?;
+                write_status(&ctx, &grants, &grant, &status).await?;
                 if transition && !ready {
                     info!(grant = %name, namespace = %ns, reason, %message, "grant waiting");
                     publish(&ctx, &grant, EventType::Warning, reason, "Wait", message).await;
                 }
             }
             if phase.is_final() {
-                remove_finalizer(&grants, &grant).await?;
+                remove_finalizer(&ctx, &grants, &grant).await?;
             }
             Ok(match requeue_at {
                 Some(t) => Action::requeue(until(now, t)),
@@ -557,7 +594,7 @@ async fn record_revocation(
     ctx.ledger.revoke(entries).await.map_err(Error::RecordRevocation)
 }
 
-async fn ensure_finalizer(api: &Api<ToolGrant>, grant: &ToolGrant) -> Result<(), Error> {
+async fn ensure_finalizer(ctx: &Context, api: &Api<ToolGrant>, grant: &ToolGrant) -> Result<(), Error> {
     if grant.finalizers().iter().any(|f| f == FINALIZER) || grant.metadata.deletion_timestamp.is_some() {
         return Ok(());
     }
@@ -569,16 +606,19 @@ async fn ensure_finalizer(api: &Api<ToolGrant>, grant: &ToolGrant) -> Result<(),
         json!([{ "op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER }])
     };
     let patch: json_patch::Patch = serde_json::from_value(patch).expect("valid JSON patch");
-    api.patch(&grant.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
+    let written = api
+        .patch(&grant.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
         .await
         .map_err(|source| Error::WriteFinalizer {
             name: grant.name_any(),
             source,
         })?;
+    ctx.written
+        .wrote_grant(&grant.uid().unwrap_or_default(), written.resource_version());
     Ok(())
 }
 
-async fn remove_finalizer(api: &Api<ToolGrant>, grant: &ToolGrant) -> Result<(), Error> {
+async fn remove_finalizer(ctx: &Context, api: &Api<ToolGrant>, grant: &ToolGrant) -> Result<(), Error> {
     let Some(i) = grant.finalizers().iter().position(|f| f == FINALIZER) else {
         return Ok(());
     };
@@ -591,8 +631,20 @@ async fn remove_finalizer(api: &Api<ToolGrant>, grant: &ToolGrant) -> Result<(),
         .patch(&grant.name_any(), &PatchParams::default(), &Patch::<()>::Json(patch))
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Ok(written) => {
+            let uid = grant.uid().unwrap_or_default();
+            if written.metadata.deletion_timestamp.is_some() && written.finalizers().is_empty() {
+                // The API server deletes it now; nothing more will be written.
+                ctx.written.forget(&uid);
+            } else {
+                ctx.written.wrote_grant(&uid, written.resource_version());
+            }
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            ctx.written.forget(&grant.uid().unwrap_or_default());
+            Ok(())
+        }
         Err(source) => Err(Error::WriteFinalizer {
             name: grant.name_any(),
             source,
@@ -602,6 +654,7 @@ async fn remove_finalizer(api: &Api<ToolGrant>, grant: &ToolGrant) -> Result<(),
 
 #[allow(clippy::too_many_arguments)]
 async fn write_secret(
+    ctx: &Context,
     api: &Api<Secret>,
     grant: &ToolGrant,
     identity: &AgentIdentity,
@@ -680,10 +733,28 @@ async fn write_secret(
         )
         .await
     };
-    res.map(|_| ()).map_err(|source| Error::WriteSecret { name, source })
+    let uid = grant.uid().unwrap_or_default();
+    match res {
+        Ok(written) => {
+            ctx.written.wrote_secret(&uid, written.resource_version());
+            Ok(())
+        }
+        Err(source) => {
+            if matches!(&source, kube::Error::Api(e) if e.code == 409) {
+                // A Secret the cache did not show exists (a foreign one): look next time.
+                ctx.written.secret_unknown(&uid);
+            }
+            Err(Error::WriteSecret { name, source })
+        }
+    }
 }
 
-async fn delete_secret_if_ours(api: &Api<Secret>, grant: &ToolGrant, secret: Option<&Secret>) -> Result<(), Error> {
+async fn delete_secret_if_ours(
+    ctx: &Context,
+    api: &Api<Secret>,
+    grant: &ToolGrant,
+    secret: Option<&Secret>,
+) -> Result<(), Error> {
     let Some(secret) = secret else { return Ok(()) };
     let ours = secret
         .owner_references()
@@ -700,8 +771,19 @@ async fn delete_secret_if_ours(api: &Api<Secret>, grant: &ToolGrant, secret: Opt
         ..Default::default()
     };
     match api.delete(&secret.name_any(), &dp).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Ok(_) => {
+            ctx.written.deleted_secret(&grant.uid().unwrap_or_default());
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            ctx.written.deleted_secret(&grant.uid().unwrap_or_default());
+            Ok(())
+        }
+        // A different Secret of that name (the UID precondition failed): not ours.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            ctx.written.secret_unknown(&grant.uid().unwrap_or_default());
+            Ok(())
+        }
         Err(source) => Err(Error::DeleteSecret {
             name: secret.name_any(),
             source,
@@ -709,21 +791,30 @@ async fn delete_secret_if_ours(api: &Api<Secret>, grant: &ToolGrant, secret: Opt
     }
 }
 
-async fn write_status(api: &Api<ToolGrant>, name: &str, status: &ToolGrantStatus) -> Result<(), Error> {
+async fn write_status(
+    ctx: &Context,
+    api: &Api<ToolGrant>,
+    grant: &ToolGrant,
+    status: &ToolGrantStatus,
+) -> Result<(), Error> {
+    let name = grant.name_any();
     let patch = json!({ "apiVersion": crate::api::api_version(), "kind": "ToolGrant", "status": status });
-    api.patch_status(
-        name,
-        &PatchParams::apply(&format!("{MANAGER}/status")).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|source| Error::WriteStatus {
-        kind: "ToolGrant",
-        namespace: api.namespace().unwrap_or_default().to_string(),
-        name: name.to_string(),
-        source,
-    })
+    let written = api
+        .patch_status(
+            &name,
+            &PatchParams::apply(&format!("{MANAGER}/status")).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::WriteStatus {
+            kind: "ToolGrant",
+            namespace: api.namespace().unwrap_or_default().to_string(),
+            name: name.clone(),
+            source,
+        })?;
+    ctx.written
+        .wrote_grant(&grant.uid().unwrap_or_default(), written.resource_version());
+    Ok(())
 }
 
 async fn publish(ctx: &Context, grant: &ToolGrant, type_: EventType, reason: &str, action: &str, note: String) {

@@ -7,6 +7,8 @@ pub mod ca;
 pub mod crl;
 mod grant;
 mod identity;
+mod slim;
+mod written;
 
 use std::{
     collections::HashMap,
@@ -182,6 +184,12 @@ pub struct Context {
     pub identities: Store<AgentIdentity>,
     pub jobs: Store<Job>,
     pub pods: Store<Pod>,
+    /// Grant Secrets (labelled `mandate.dev/grant`), without their private keys.
+    pub secrets: Store<Secret>,
+    /// The resourceVersions of our own latest writes, per grant UID. A cached grant or
+    /// Secret is used only when it is that version; otherwise (the watch has not
+    /// caught up with our write yet) it is read fresh.
+    pub written: written::Written,
     /// The trust bundle last published per namespace, so it is written only on change.
     pub published_bundles: Mutex<HashMap<String, String>>,
 }
@@ -281,22 +289,43 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 
     let ns = &args.watch_namespace;
     let grants: Api<ToolGrant> = api_for(&client, ns);
-    let grant_controller = Controller::new(grants.clone(), watcher::Config::default());
-    let identity_controller = Controller::new(api_for::<AgentIdentity>(&client, ns), watcher::Config::default());
+    let (grant_store, grant_writer) = reflector::store();
     let (job_store, job_writer) = reflector::store();
     let (pod_store, pod_writer) = reflector::store();
     let (identity_store, identity_writer) = reflector::store();
+    let (secret_store, secret_writer) = reflector::store();
     // Each cache is updated by the same watch that triggers the grant reconciles, before
     // the trigger passes on, so a reconcile never reads a state older than its trigger.
+    // Every cache keeps only the fields Mandate reads (see `slim`).
+    let grant_events = watcher(grants.clone(), watcher::Config::default())
+        .default_backoff()
+        .modify(slim::grant)
+        .reflect(grant_writer)
+        .applied_objects();
+    let grant_controller = Controller::for_stream(grant_events, grant_store.clone());
+    let identity_controller = Controller::new(api_for::<AgentIdentity>(&client, ns), watcher::Config::default())
+        // A burst of grant changes for one identity becomes one status update.
+        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)));
     let identities = watcher(api_for::<AgentIdentity>(&client, ns), watcher::Config::default())
         .default_backoff()
+        .modify(slim::identity)
         .reflect(identity_writer);
     let jobs = watcher(api_for::<Job>(&client, ns), watcher::Config::default())
         .default_backoff()
+        .modify(slim::job)
         .reflect(job_writer);
     let pods = watcher(api_for::<Pod>(&client, ns), watcher::Config::default())
         .default_backoff()
+        .modify(slim::pod)
         .reflect(pod_writer);
+    let secrets = watcher(
+        api_for::<Secret>(&client, ns),
+        watcher::Config::default().labels(LABEL_GRANT),
+    )
+    .default_backoff()
+    .modify(slim::secret)
+    .reflect(secret_writer)
+    .touched_objects();
 
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -309,15 +338,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             types: args.task_finished_conditions.clone(),
         },
         task_kinds: Mutex::new(HashMap::new()),
-        grants: grant_controller.store(),
+        grants: grant_store.clone(),
         identities: identity_store,
         jobs: job_store,
         pods: pod_store,
+        secrets: secret_store,
+        written: written::Written::default(),
         published_bundles: Mutex::new(HashMap::new()),
     });
 
-    let store = grant_controller.store();
-    let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
+    let (s1, s2, s3) = (grant_store.clone(), grant_store.clone(), grant_store);
     // Every change of the CA (restored, replaced, deleted) re-checks every grant: ones
     // waiting on it can issue, and none may keep issuing from a CA that is gone.
     let ca_changes = futures::stream::unfold(ctx.ca.clone(), |mut rx| async move {
@@ -325,10 +355,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     });
     let grant_controller = grant_controller
         .reconcile_all_on(ca_changes)
-        .owns(
-            api_for::<Secret>(&client, ns),
-            watcher::Config::default().labels(LABEL_GRANT),
-        )
+        .owns_stream(secrets)
         .watches_stream(jobs.touched_objects(), move |job: Job| {
             grants_for_task(&s1, "batch/v1", "Job", job.namespace(), &job.name_any())
         })
