@@ -67,7 +67,7 @@ run:
 	$$kubectl apply --server-side -f crds/; \
 	$$kubectl wait --for condition=Established --timeout=60s -f crds/; \
 	$$kubectl apply --server-side -f examples/; \
-	exec target/debug/mandate run
+	exec target/debug/mandate run --webhook-listen=127.0.0.1:9443 --webhook-url=https://127.0.0.1:9443
 
 clean:
 	$(CARGO) clean

@@ -62,6 +62,31 @@ pub struct RunArgs {
     )]
     pub task_finished_conditions: Vec<String>,
 
+    /// Address the admission webhook listens on (HTTPS).
+    #[arg(long, env = "MANDATE_WEBHOOK_LISTEN", default_value = "0.0.0.0:9443")]
+    pub webhook_listen: std::net::SocketAddr,
+
+    /// URL the API server calls the webhook at, for a control plane outside the
+    /// cluster (for example `https://127.0.0.1:9443`). Its host goes into the serving
+    /// certificate. Exclusive with `--webhook-service`.
+    #[arg(long, env = "MANDATE_WEBHOOK_URL", conflicts_with = "webhook_service")]
+    pub webhook_url: Option<String>,
+
+    /// Service the API server calls the webhook through, as `namespace/name:port`
+    /// (for example `mandate-system/mandate-webhook:443`). Its DNS names go into the
+    /// serving certificate.
+    #[arg(long, env = "MANDATE_WEBHOOK_SERVICE")]
+    pub webhook_service: Option<String>,
+
+    /// Name of the Mutating- and ValidatingWebhookConfiguration the operator applies
+    /// (when `--webhook-url` or `--webhook-service` is given).
+    #[arg(long, env = "MANDATE_WEBHOOK_CONFIGURATION", default_value = "mandate")]
+    pub webhook_configuration_name: String,
+
+    /// Lifetime of the webhook's serving certificate; it is rotated at two thirds.
+    #[arg(long, env = "MANDATE_WEBHOOK_CERT_VALIDITY", default_value = "24h")]
+    pub webhook_cert_validity: kube::core::Duration,
+
     /// Log format on stderr.
     #[arg(long, env = "MANDATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

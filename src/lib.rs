@@ -11,3 +11,4 @@ pub mod decide;
 pub mod pki;
 pub mod spiffe;
 pub mod telemetry;
+pub mod webhook;

@@ -1,8 +1,12 @@
 //! The operator process under test: the real `mandate` binary, started per test and
 //! scoped to the test's namespace, so a test can kill it mid-way and start it again.
 
-use std::{path::PathBuf, process::Stdio};
+use std::{path::PathBuf, process::Stdio, time::Duration};
 
+use kube::{
+    Api,
+    api::{DynamicObject, PostParams},
+};
 use tokio::process::{Child, Command};
 
 /// A running `mandate run`; killed when dropped.
@@ -13,11 +17,64 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts `mandate run` watching only `namespace`, with any extra flags.
+    /// Starts `mandate run` watching only `namespace`, with any extra flags, and
+    /// waits until its admission webhook records requesters in that namespace.
+    ///
+    /// Each operator serves its webhook on its own loopback port and registers
+    /// configurations of its own (`mandate-<namespace>`) that select only its namespace,
+    /// so tests running in parallel never route through each other's operators.
     pub async fn start(namespace: &str, extra: &[&str]) -> Operator {
-        let mut args = vec!["run".to_string(), format!("--watch-namespace={namespace}")];
+        let port = free_port();
+        let mut args = vec![
+            "run".to_string(),
+            format!("--watch-namespace={namespace}"),
+            format!("--webhook-listen=127.0.0.1:{port}"),
+            format!("--webhook-url=https://127.0.0.1:{port}"),
+            format!("--webhook-configuration-name=mandate-{namespace}"),
+        ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(namespace, args, 0)
+        let op = Self::spawn(namespace, args, 0);
+        op.wait_webhook(namespace).await;
+        op
+    }
+
+    /// Waits until a dry-run ToolGrant created in `namespace` comes back with its
+    /// requester recorded: the webhook is registered, known to the API server, and
+    /// serving. Polled, because no watch reports an API server's webhook routing.
+    pub async fn wait_webhook(&self, namespace: &str) {
+        let client = super::client().await;
+        let ar = kube::api::ApiResource::erase::<mandate::api::ToolGrant>(&());
+        let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &ar);
+        let probe: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrant",
+            "metadata": { "name": "webhook-probe" },
+            "spec": {
+                "identityRef": { "name": "probe" },
+                "taskRef": { "apiVersion": "v1", "kind": "Pod", "name": "probe" },
+                "tools": [{ "name": "probe", "actions": ["read"] }],
+                "purpose": "webhook readiness probe",
+            },
+        }))
+        .expect("probe grant");
+        let pp = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let deadline = tokio::time::Instant::now() + super::TIMEOUT;
+        let mut last = String::new();
+        while tokio::time::Instant::now() < deadline {
+            match api.create(&pp, &probe).await {
+                Ok(obj) if obj.data["spec"].get("requester").is_some() => return,
+                Ok(_) => last = "created without a requester (webhook not routed yet)".into(),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "the operator's webhook did not come up in {namespace} within {:?}: {last}\n{}",
+            super::TIMEOUT,
+            self.log_text()
+        );
     }
 
     fn spawn(namespace: &str, args: Vec<String>, n: u32) -> Operator {
@@ -59,6 +116,7 @@ impl Operator {
             .unwrap_or(0)
             + 1;
         *self = Self::spawn(namespace, self.args.clone(), n);
+        self.wait_webhook(namespace).await;
     }
 
     /// Process id, for reading its memory use from /proc.
@@ -70,4 +128,12 @@ impl Operator {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }

@@ -9,18 +9,15 @@ mod identity;
 mod policy;
 mod tool;
 
-pub use approval::{
-    ApprovalDecision, ToolGrantApproval, ToolGrantApprovalSpec, ToolGrantApprovalStatus, UserInfo,
-};
-pub use policy::{
-    AgentPolicy, AgentPolicySpec, AgentPolicyStatus, AuditDenial, AuditSummary, PolicyError, PolicyMode,
-    PolicySummary,
-};
+pub use approval::{ApprovalDecision, ToolGrantApproval, ToolGrantApprovalSpec, ToolGrantApprovalStatus, UserInfo};
 pub use grant::{
-    ApprovalRecord, CertificateStatus, DecisionInputs, DecisionRecord, GrantPhase, IdentityRef, LifetimeCap, RevocationStatus, SupersededCertificate, TaskRef,
-    ToolGrant, ToolGrantSpec, ToolGrantStatus,
+    ApprovalRecord, CertificateStatus, DecisionInputs, DecisionRecord, GrantPhase, IdentityRef, LifetimeCap,
+    RevocationStatus, SupersededCertificate, TaskRef, ToolGrant, ToolGrantSpec, ToolGrantStatus,
 };
 pub use identity::{AgentIdentity, AgentIdentitySpec, AgentIdentityStatus};
+pub use policy::{
+    AgentPolicy, AgentPolicySpec, AgentPolicyStatus, AuditDenial, AuditSummary, PolicyError, PolicyMode, PolicySummary,
+};
 pub use tool::{Sensitivity, ToolScope};
 
 use kube::{CustomResourceExt, Resource};
@@ -32,7 +29,12 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Every CustomResourceDefinition Mandate serves, in the order they are printed and installed.
 pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![AgentIdentity::crd(), ToolGrant::crd(), ToolGrantApproval::crd(), AgentPolicy::crd()]
+    vec![
+        AgentIdentity::crd(),
+        ToolGrant::crd(),
+        ToolGrantApproval::crd(),
+        AgentPolicy::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream, exactly as committed under `crds/`.
@@ -60,7 +62,11 @@ mod tests {
             assert_eq!(crd.spec.group, GROUP);
             assert_eq!(crd.spec.versions.len(), 1);
             assert_eq!(crd.spec.versions[0].name, VERSION);
-            let expected = if crd.spec.names.kind == "AgentPolicy" { "Cluster" } else { "Namespaced" };
+            let expected = if crd.spec.names.kind == "AgentPolicy" {
+                "Cluster"
+            } else {
+                "Namespaced"
+            };
             assert_eq!(crd.spec.scope, expected);
         }
         assert_eq!(api_version(), "mandate.dev/v1alpha1");

@@ -48,7 +48,9 @@ pub struct ToolScope {
 
 /// How sensitive the data behind a tool or a task is, from least to most. Policies
 /// compare levels through the numeric `sensitivityLevel` (0 to 3) Mandate derives.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Sensitivity {
     /// Published or publishable data.

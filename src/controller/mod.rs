@@ -165,6 +165,10 @@ pub enum RunError {
     TrustDomain(#[source] spiffe::SpiffeIdError),
     #[error("failed to load or create the CA: {0}")]
     LoadCa(#[source] kube::Error),
+    #[error("invalid webhook flags: {0}")]
+    WebhookConfig(#[source] crate::webhook::ConfigError),
+    #[error("failed to start the admission webhook: {0}")]
+    Webhook(#[source] crate::webhook::WebhookError),
 }
 
 /// Shared by every reconcile.
@@ -255,6 +259,7 @@ where
 /// Runs the controllers until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     spiffe::validate_trust_domain(&args.trust_domain).map_err(RunError::TrustDomain)?;
+    let webhook_config = crate::webhook::config_from_args(&args).map_err(RunError::WebhookConfig)?;
     let client = Client::try_default().await.map_err(RunError::Client)?;
     let recorder = Recorder::new(
         client.clone(),
@@ -279,6 +284,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     }
     let (ca_tx, ca_rx) = watch::channel(initial);
     tokio::spawn(ca::watch_ca(client.clone(), source, ca_tx));
+    let webhook = crate::webhook::start(client.clone(), webhook_config, ca_rx.clone())
+        .await
+        .map_err(RunError::Webhook)?;
+    tokio::spawn(webhook);
     let ledger = crl::spawn(crl::LedgerConfig {
         client: client.clone(),
         namespace: args.ca_secret_namespace.clone(),

@@ -133,6 +133,7 @@ mod tests {
             name: name.into(),
             actions: actions.iter().map(|s| s.to_string()).collect(),
             destinations: dests.iter().map(|s| s.to_string()).collect(),
+            sensitivity: None,
         }
     }
 

@@ -127,6 +127,12 @@ impl CertificateAuthority {
         leaf::issue(self, req, now)
     }
 
+    /// Issues a TLS serving certificate (DNS and IP SANs, serverAuth) with a fresh P-256 key,
+    /// never outliving the CA.
+    pub fn issue_serving(&self, req: &super::ServingRequest) -> Result<IssuedLeaf, PkiError> {
+        super::serving::issue(self, req)
+    }
+
     /// Signs an RFC 5280 v2 CRL; returns PEM labelled `X509 CRL`.
     pub fn sign_crl(&self, req: &CrlRequest) -> Result<String, PkiError> {
         crl::sign(self, req)

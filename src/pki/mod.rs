@@ -25,6 +25,7 @@ mod error;
 mod leaf;
 mod scope;
 mod secret;
+mod serving;
 mod util;
 
 #[cfg(test)]
@@ -39,4 +40,5 @@ pub use scope::{
     read_scope,
 };
 pub use secret::PrivateKeyPem;
+pub use serving::ServingRequest;
 pub use time::OffsetDateTime;
