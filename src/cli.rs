@@ -14,7 +14,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller against the cluster of the usual kubeconfig resolution
     /// (`KUBECONFIG`, `~/.kube/config`, or in-cluster).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML.
     Crds,
 }
