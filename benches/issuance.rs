@@ -186,6 +186,7 @@ async fn main() {
     let client = support::client().await;
     support::install_crds(&client).await;
     let ns = TestNamespace::new(&client, "bench").await;
+    support::agent_policy(&ns, "permit-all", "Enforce", support::PERMIT_ALL).await;
     let op = Operator::start(&ns.name, &[&format!("--ca-secret-namespace={}", ns.name)]).await;
     let pid = op.pid().expect("operator running");
     let pods: Api<Pod> = ns.api();

@@ -51,7 +51,14 @@ impl Fixture {
         Self::start(ns, flags).await
     }
 
+    /// The operator for `ns`, with a policy permitting every issuance there.
     pub(crate) async fn start(ns: TestNamespace, flags: &[&str]) -> Fixture {
+        crate::support::agent_policy(&ns, "permit-all", "Enforce", crate::support::PERMIT_ALL).await;
+        Self::start_without_policies(ns, flags).await
+    }
+
+    /// The operator for `ns`, with no AgentPolicy: every grant is denied by default.
+    pub(crate) async fn start_without_policies(ns: TestNamespace, flags: &[&str]) -> Fixture {
         let mut args = vec![
             format!("--ca-secret-namespace={}", ns.name),
             "--trust-domain=e2e.example".to_string(),

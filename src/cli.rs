@@ -87,6 +87,10 @@ pub struct RunArgs {
     #[arg(long, env = "MANDATE_WEBHOOK_CERT_VALIDITY", default_value = "24h")]
     pub webhook_cert_validity: kube::core::Duration,
 
+    /// Address of the plain-HTTP `/metrics` and `/healthz` endpoints.
+    #[arg(long, env = "MANDATE_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub metrics_listen: std::net::SocketAddr,
+
     /// Log format on stderr.
     #[arg(long, env = "MANDATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -131,3 +131,31 @@ where
     let obj: kube::api::DynamicObject = serde_json::from_value(body).expect("raw object is JSON of an object");
     api.create(&PostParams::default(), &obj).await
 }
+
+/// Creates AgentPolicy `<namespace>-<name>` selecting only `ns`, owned by the
+/// Namespace so it goes when the namespace does (AgentPolicies are cluster-scoped, and
+/// tests running in parallel must never see each other's policies).
+pub async fn agent_policy(ns: &TestNamespace, name: &str, mode: &str, text: &str) -> mandate::api::AgentPolicy {
+    let namespace = Api::<Namespace>::all(ns.client.clone()).get(&ns.name).await.unwrap();
+    let policy: mandate::api::AgentPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "mandate.dev/v1alpha1", "kind": "AgentPolicy",
+        "metadata": {
+            "name": format!("{}-{name}", ns.name),
+            "ownerReferences": [{ "apiVersion": "v1", "kind": "Namespace", "name": ns.name, "uid": namespace.uid().unwrap() }],
+        },
+        "spec": {
+            "mode": mode,
+            "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns.name } },
+            "policies": text,
+        },
+    }))
+    .unwrap();
+    Api::<mandate::api::AgentPolicy>::all(ns.client.clone())
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("AgentPolicy created")
+}
+
+/// Permits every issuance in `ns`: for tests about certificates, not policy.
+pub const PERMIT_ALL: &str = r#"@id("permit-all")
+permit (principal, action == Mandate::Action::"issue", resource);"#;

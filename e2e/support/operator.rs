@@ -31,6 +31,7 @@ impl Operator {
             format!("--webhook-listen=127.0.0.1:{port}"),
             format!("--webhook-url=https://127.0.0.1:{port}"),
             format!("--webhook-configuration-name=mandate-{namespace}"),
+            "--metrics-listen=127.0.0.1:0".to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let op = Self::spawn(namespace, args, 0);

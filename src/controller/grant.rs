@@ -28,15 +28,16 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Context, Error, MANAGER, ca::CaState, crl::Revoked};
+use super::{Context, Error, MANAGER, ca::CaState, crl::Revoked, decision};
 use crate::{
     api::{
-        AgentIdentity, CertificateStatus, GrantPhase, RevocationStatus, SupersededCertificate, ToolGrant,
-        ToolGrantStatus,
+        AgentIdentity, ApprovalRecord, CertificateStatus, GrantPhase, RevocationStatus, SupersededCertificate,
+        ToolGrant, ToolGrantStatus,
     },
     conditions::{self, Desired},
     decide::{
-        grant::{CaObs, LiveCert, Observed, Plan, SecretObs, decide},
+        approval::Pick,
+        grant::{CaObs, LiveCert, Observed, Plan, PolicyObs, SecretObs, decide},
         task::{self, TaskKind, TaskState},
     },
     pki::{self, GrantScope, LeafRequest, OffsetDateTime, ScopeTool},
@@ -243,6 +244,31 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
         },
     };
     let now = Timestamp::now();
+    // Policy is consulted only for a live grant whose identity exists; decide() never
+    // reaches the policy check otherwise.
+    let evaluated = match identity.as_ref() {
+        Some(id)
+            if grant.metadata.deletion_timestamp.is_none()
+                && !grant
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(GrantPhase::is_final) =>
+        {
+            let spiffe_id = SpiffeId::for_agent(&ctx.trust_domain, &ns, &id.name_any())
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            let approvals = ctx.approvals.state();
+            let mine: Vec<&crate::api::ToolGrantApproval> = approvals
+                .iter()
+                .filter(|a| a.namespace().as_deref() == Some(ns.as_str()) && a.spec.grant_name == name)
+                .map(|a| a.as_ref())
+                .collect();
+            let store = ctx.policies.borrow().clone();
+            decision::evaluate(store.as_deref(), &grant, id, &spiffe_id, &mine, now)
+        }
+        _ => decision::Evaluated::without_record(PolicyObs::Loading),
+    };
     let observed = Observed {
         now,
         grant: &grant,
@@ -252,11 +278,36 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
         ca: ca_obs,
         operator_max_ttl: ctx.operator_max_ttl,
         jitter: rand_unit(),
+        policy: evaluated.obs.clone(),
     };
 
     // Decide.
     let plan = decide(&observed);
     let previous = grant.status.clone().unwrap_or_default();
+    let decision = evaluated.record.clone().or(previous.decision.clone());
+    let decision_id = decision.as_ref().map(|d| d.decision_id.clone()).unwrap_or_default();
+    let new_decision =
+        evaluated.record.is_some() && previous.decision.as_ref().map(|d| &d.decision_id) != Some(&decision_id);
+    if new_decision {
+        announce_decision(&ctx, &grant, &evaluated, &decision_id, now).await;
+    }
+    let issued_under = match (&evaluated.pick, &evaluated.obs) {
+        (
+            Pick::Approved {
+                name,
+                approver,
+                created,
+            },
+            PolicyObs::Allow,
+        ) => Some(ApprovalRecord {
+            name: name.clone(),
+            approver: approver.clone(),
+            generation: grant.metadata.generation.unwrap_or_default(),
+            time: Time(*created),
+        }),
+        _ => None,
+    };
+    settle_approvals(&ctx, &ns, &evaluated, &plan).await;
 
     // Apply.
     match plan {
@@ -343,7 +394,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                 grant_generation: grant.metadata.generation.unwrap_or_default(),
             };
             let message = format!(
-                "certificate {} issued until {} (capped by {:?})",
+                "certificate {} issued until {} (capped by {:?}); decision {decision_id}",
                 leaf.serial_hex, cert.not_after.0, cert.lifetime_cap
             );
             let status = ToolGrantStatus {
@@ -352,8 +403,8 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                 revocation: None,
                 superseded,
                 first_issued: previous.first_issued.clone().or(Some(Time(now))),
-                decision: previous.decision.clone(),
-                approval: previous.approval.clone(),
+                decision: decision.clone(),
+                approval: issued_under.clone(),
                 observed_generation: grant.metadata.generation,
                 conditions: conditions::merge(
                     &previous.conditions,
@@ -377,7 +428,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             };
             write_status(&ctx, &grants, &grant, &status).await?;
             info!(grant = %name, namespace = %ns, identity = %identity.name_any(), task = %grant.spec.task_ref.name,
-                  serial = %leaf.serial_hex, not_after = %lifetime.not_after, cap = ?lifetime.cap, why, "certificate issued");
+                  serial = %leaf.serial_hex, decision_id = %decision_id, not_after = %lifetime.not_after, cap = ?lifetime.cap, why, "certificate issued");
             publish(&ctx, &grant, EventType::Normal, why, "Issue", message).await;
             Ok(Action::requeue(until(now, lifetime.renew_at)))
         }
@@ -429,7 +480,8 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             remove_finalizer(&ctx, &grants, &grant).await?;
             Ok(Action::await_change())
         }
-        Plan::Deny {
+        Plan::Withhold {
+            phase,
             reason,
             message,
             serials,
@@ -442,11 +494,30 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                 reason,
                 message: message.clone(),
             }];
-            let status = ended_status(&previous, GrantPhase::Denied, desired, grant.metadata.generation, now);
+            let status = ToolGrantStatus {
+                decision: decision.clone(),
+                ..ended_status(&previous, phase, desired, grant.metadata.generation, now)
+            };
             if grant.status.as_ref() != Some(&status) {
                 write_status(&ctx, &grants, &grant, &status).await?;
-                warn!(grant = %name, namespace = %ns, identity = %grant.spec.identity_ref.name, reason, %message, "grant denied");
-                publish(&ctx, &grant, EventType::Warning, reason, "Deny", message).await;
+                let transition = previous.phase != Some(phase)
+                    || previous.observed_generation != grant.metadata.generation
+                    || !serials.is_empty();
+                if transition {
+                    warn!(grant = %name, namespace = %ns, identity = %grant.spec.identity_ref.name, reason, %message,
+                          revoked = ?serials, phase = ?phase, "grant withheld");
+                    let type_ = if phase == GrantPhase::AwaitingApproval {
+                        EventType::Normal
+                    } else {
+                        EventType::Warning
+                    };
+                    let note = if decision_id.is_empty() {
+                        message
+                    } else {
+                        format!("{message} (decision {decision_id})")
+                    };
+                    publish(&ctx, &grant, type_, reason, "Withhold", note).await;
+                }
             }
             Ok(Action::await_change())
         }
@@ -486,6 +557,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                 phase: Some(phase),
                 observed_generation: grant.metadata.generation,
                 conditions,
+                decision: decision.clone(),
                 ..previous.clone()
             };
             if grant.status.as_ref() != Some(&status) {
@@ -827,5 +899,86 @@ async fn publish(ctx: &Context, grant: &ToolGrant, type_: EventType, reason: &st
     };
     if let Err(e) = ctx.recorder.publish(&ev, &grant.object_ref(&())).await {
         warn!(error = %e, "failed to publish event");
+    }
+}
+
+/// Logs a new policy decision, counts it, and reports Audit policies' would-be denials
+/// (an Event on the grant, the AgentPolicies' status, metrics).
+async fn announce_decision(
+    ctx: &Context,
+    grant: &ToolGrant,
+    evaluated: &decision::Evaluated,
+    id: &str,
+    now: Timestamp,
+) {
+    let Some(record) = &evaluated.record else { return };
+    let ns = grant.namespace().unwrap_or_default();
+    info!(grant = %grant.name_any(), namespace = %ns, identity = %grant.spec.identity_ref.name,
+          task = %grant.spec.task_ref.name, decision_id = %id, outcome = %record.outcome, generation = record.generation,
+          policies = ?record.policies, requester = %record.inputs.requester, reasons = ?record.reasons,
+          audit_denials = ?record.audit_denials, "policy decision");
+    ctx.metrics.decision(&record.outcome);
+    if evaluated.audit_denials.is_empty() {
+        return;
+    }
+    let grant_key = format!("{ns}/{}", grant.name_any());
+    let touched = ctx
+        .audit
+        .record(&evaluated.audit_denials, &grant_key, record.generation, id, now);
+    for policy in &evaluated.audit_denials {
+        ctx.metrics.audit_would_deny(policy);
+    }
+    for name in touched {
+        let _ = ctx.audit_changed.send(name);
+    }
+    let note = format!(
+        "Audit policies {} would deny this grant if enforced (decision {id})",
+        evaluated.audit_denials.join(", ")
+    );
+    publish(ctx, grant, EventType::Warning, "AuditWouldDeny", "Decide", note).await;
+}
+
+/// Writes what became of each ToolGrantApproval naming this grant into its status.
+async fn settle_approvals(ctx: &Context, ns: &str, evaluated: &decision::Evaluated, plan: &Plan) {
+    let picked = match &evaluated.pick {
+        Pick::Approved { name, .. } => Some(name.as_str()),
+        _ => None,
+    };
+    for v in &evaluated.verdicts {
+        let (state, message) = if Some(v.name.as_str()) == picked && v.state == "Pending" {
+            match (&evaluated.obs, plan) {
+                (PolicyObs::Allow, Plan::Issue { .. } | Plan::Hold { ready: true, .. }) => {
+                    ("Used", "the grant is issued under this approval".to_string())
+                }
+                (PolicyObs::RequireApproval { message }, _) => ("Refused", message.clone()),
+                _ => (v.state, v.message.clone()),
+            }
+        } else {
+            (v.state, v.message.clone())
+        };
+        let current = ctx
+            .approvals
+            .get(&ObjectRef::new(&v.name).within(ns))
+            .and_then(|a| a.status.clone())
+            .unwrap_or_default();
+        if current.state.as_deref() == Some(state) && current.message.as_deref() == Some(message.as_str()) {
+            continue;
+        }
+        let api: Api<crate::api::ToolGrantApproval> = Api::namespaced(ctx.client.clone(), ns);
+        let patch = json!({
+            "apiVersion": crate::api::api_version(), "kind": "ToolGrantApproval",
+            "status": { "state": state, "message": message, "time": Time(Timestamp::now()) },
+        });
+        match api
+            .patch_status(
+                &v.name,
+                &PatchParams::apply(&format!("{MANAGER}/status")).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            Ok(_) => info!(approval = %v.name, namespace = %ns, state, %message, "approval settled"),
+            Err(e) => warn!(approval = %v.name, namespace = %ns, error = %e, "failed to write approval status"),
+        }
     }
 }

@@ -5,8 +5,10 @@
 
 pub mod ca;
 pub mod crl;
+mod decision;
 mod grant;
 mod identity;
+pub mod policy;
 mod slim;
 mod written;
 
@@ -39,7 +41,7 @@ use tracing::{error, info, warn};
 pub use grant::{FINALIZER, LABEL_GRANT, LABEL_IDENTITY, LABEL_TASK};
 
 use crate::{
-    api::{AgentIdentity, ToolGrant},
+    api::{AgentIdentity, AgentPolicy, ToolGrant, ToolGrantApproval},
     cli::RunArgs,
     decide::task::FinishedConditions,
     spiffe,
@@ -169,6 +171,8 @@ pub enum RunError {
     WebhookConfig(#[source] crate::webhook::ConfigError),
     #[error("failed to start the admission webhook: {0}")]
     Webhook(#[source] crate::webhook::WebhookError),
+    #[error("failed to listen for metrics: {0}")]
+    Metrics(#[source] std::io::Error),
 }
 
 /// Shared by every reconcile.
@@ -190,6 +194,14 @@ pub struct Context {
     pub pods: Store<Pod>,
     /// Grant Secrets (labelled `mandate.dev/grant`), without their private keys.
     pub secrets: Store<Secret>,
+    /// The policy store (`None` until the AgentPolicies are first loaded).
+    pub policies: watch::Receiver<Option<Arc<crate::policy::PolicyStore>>>,
+    pub policy_compiler: policy::CompileCache,
+    pub audit: policy::AuditLog,
+    /// Names of AgentPolicies whose audit summary changed, to refresh their status.
+    pub audit_changed: tokio::sync::mpsc::UnboundedSender<String>,
+    pub approvals: Store<ToolGrantApproval>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The resourceVersions of our own latest writes, per grant UID. A cached grant or
     /// Secret is used only when it is that version; otherwise (the watch has not
     /// caught up with our write yet) it is read fresh.
@@ -288,6 +300,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .await
         .map_err(RunError::Webhook)?;
     tokio::spawn(webhook);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let metrics_server = crate::metrics::serve(args.metrics_listen, metrics.clone())
+        .await
+        .map_err(RunError::Metrics)?;
+    tokio::spawn(metrics_server);
     let ledger = crl::spawn(crl::LedgerConfig {
         client: client.clone(),
         namespace: args.ca_secret_namespace.clone(),
@@ -303,6 +320,32 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let (pod_store, pod_writer) = reflector::store();
     let (identity_store, identity_writer) = reflector::store();
     let (secret_store, secret_writer) = reflector::store();
+    let (approval_store, approval_writer) = reflector::store();
+    let (namespace_store, namespace_writer) = reflector::store();
+    let policy_api: Api<AgentPolicy> = Api::all(client.clone());
+    let policy_controller = Controller::new(policy_api, watcher::Config::default());
+    let policy_store = policy_controller.store();
+    let (policies_tx, policies_rx) = watch::channel(None);
+    let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let approvals = watcher(api_for::<ToolGrantApproval>(&client, ns), watcher::Config::default())
+        .default_backoff()
+        .modify(slim::approval)
+        .reflect(approval_writer)
+        .touched_objects();
+    // Namespace labels feed AgentPolicy namespace selectors; a scoped operator only
+    // needs (and may only be allowed to read) its own namespace.
+    let ns_config = match ns {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    };
+    let namespaces = watcher(
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()),
+        ns_config,
+    )
+    .default_backoff()
+    .modify(slim::namespace)
+    .reflect(namespace_writer)
+    .touched_objects();
     // Each cache is updated by the same watch that triggers the grant reconciles, before
     // the trigger passes on, so a reconcile never reads a state older than its trigger.
     // Every cache keeps only the fields Mandate reads (see `slim`).
@@ -352,6 +395,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         jobs: job_store,
         pods: pod_store,
         secrets: secret_store,
+        policies: policies_rx.clone(),
+        policy_compiler: policy::CompileCache::default(),
+        audit: policy::AuditLog::default(),
+        audit_changed: audit_tx,
+        approvals: approval_store,
+        metrics,
         written: written::Written::default(),
         published_bundles: Mutex::new(HashMap::new()),
     });
@@ -362,8 +411,21 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let ca_changes = futures::stream::unfold(ctx.ca.clone(), |mut rx| async move {
         rx.changed().await.ok().map(|_| ((), rx))
     });
+    // So does every new policy store: a policy change is a fresh decision for all.
+    let policy_changes = futures::stream::unfold(policies_rx, |mut rx| async move {
+        rx.changed().await.ok().map(|_| ((), rx))
+    });
+    let s4 = ctx.grants.clone();
     let grant_controller = grant_controller
-        .reconcile_all_on(ca_changes)
+        .reconcile_all_on(futures::stream::select(ca_changes, policy_changes))
+        .watches_stream(approvals, move |a: ToolGrantApproval| {
+            let ns = a.namespace();
+            s4.state()
+                .iter()
+                .filter(|g| g.namespace() == ns && g.name_any() == a.spec.grant_name)
+                .map(|g| ObjectRef::from_obj(g.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .owns_stream(secrets)
         .watches_stream(jobs.touched_objects(), move |job: Job| {
             grants_for_task(&s1, "batch/v1", "Job", job.namespace(), &job.name_any())
@@ -391,14 +453,70 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             Some(ObjectRef::new(&g.spec.identity_ref.name).within(&g.namespace().unwrap_or_default()))
         })
         .shutdown_on_signal()
-        .run(identity::reconcile, error_policy, ctx)
+        .run(identity::reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "identity reconcile failed");
             }
         });
 
-    futures::join!(grant_controller, identity_controller);
+    // The policy store: rebuilt once both caches are filled, then after every change
+    // of an AgentPolicy or a namespace (a burst of changes becomes one rebuild).
+    let (ns_store_for_build, rebuild_ctx) = (namespace_store.clone(), ctx.clone());
+    let (rebuild_tx, mut rebuild_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let policy_builder = {
+        let policy_store = policy_store.clone();
+        async move {
+            if policy_store.wait_until_ready().await.is_err() || ns_store_for_build.wait_until_ready().await.is_err() {
+                return;
+            }
+            loop {
+                while rebuild_rx.try_recv().is_ok() {}
+                policy::rebuild(
+                    &policy_store,
+                    &ns_store_for_build,
+                    &rebuild_ctx.policy_compiler,
+                    &policies_tx,
+                );
+                if rebuild_rx.recv().await.is_none() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (t1, t2) = (rebuild_tx.clone(), rebuild_tx);
+    let policy_controller = policy_controller
+        .watches_stream(namespaces, move |_ns| {
+            let _ = t1.send(());
+            None::<ObjectRef<AgentPolicy>>
+        })
+        .reconcile_on(futures::stream::poll_fn(move |cx| {
+            audit_rx
+                .poll_recv(cx)
+                .map(|name| name.map(|n| ObjectRef::<AgentPolicy>::new(&n)))
+        }))
+        .shutdown_on_signal()
+        .run(
+            move |p, c| {
+                let _ = t2.send(());
+                policy::reconcile(p, c)
+            },
+            error_policy,
+            ctx.clone(),
+        )
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "policy reconcile failed");
+            }
+        });
+
+    futures::join!(grant_controller, identity_controller, policy_controller, async {
+        tokio::select! {
+            () = policy_builder => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    });
     info!("mandate operator stopped");
     Ok(())
 }

@@ -11,7 +11,7 @@ use k8s_openapi::api::{
 };
 use kube::Resource;
 
-use crate::api::{AgentIdentity, ToolGrant};
+use crate::api::{AgentIdentity, ToolGrant, ToolGrantApproval};
 
 fn meta<K: Resource>(obj: &mut K) {
     let m = obj.meta_mut();
@@ -28,6 +28,17 @@ pub fn grant(g: &mut ToolGrant) {
 
 pub fn identity(i: &mut AgentIdentity) {
     meta(i);
+}
+
+pub fn approval(a: &mut ToolGrantApproval) {
+    meta(a);
+}
+
+/// Keeps the labels (for AgentPolicy namespace selectors).
+pub fn namespace(n: &mut k8s_openapi::api::core::v1::Namespace) {
+    meta(n);
+    n.spec = None;
+    n.status = None;
 }
 
 /// Keeps the deadline (`spec.activeDeadlineSeconds`) and the status.

@@ -44,6 +44,32 @@ pub enum CaObs {
     Unavailable { reason: &'static str, message: String },
 }
 
+/// What policy said about the grant's current generation (see `crate::policy`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyObs {
+    /// The operator has not loaded the AgentPolicies yet: decide nothing.
+    Loading,
+    /// The grant carries no recorded requester (created while the webhook was bypassed):
+    /// policy cannot judge it, so it is never issued.
+    MissingRequester,
+    /// An AgentPolicy that selects the grant's namespace does not compile.
+    Invalid {
+        message: String,
+    },
+    Allow,
+    Deny {
+        message: String,
+    },
+    /// Allowed only once a human approves this generation.
+    RequireApproval {
+        message: String,
+    },
+    /// A human denied this generation.
+    ApprovalDenied {
+        message: String,
+    },
+}
+
 /// Everything a decision reads. `jitter` is a random number in `[0, 1)`.
 pub struct Observed<'a> {
     pub now: Timestamp,
@@ -55,6 +81,7 @@ pub struct Observed<'a> {
     pub ca: CaObs,
     pub operator_max_ttl: Duration,
     pub jitter: f64,
+    pub policy: PolicyObs,
 }
 
 /// The decision.
@@ -74,9 +101,11 @@ pub enum Plan {
         message: String,
         serials: Vec<String>,
     },
-    /// The current spec is not allowed. Live serials are revoked (the scope they carry is
-    /// no longer approved) but the grant may be issued again once fixed.
-    Deny {
+    /// The current spec is not allowed (`Denied`), or not yet (`AwaitingApproval`). Live
+    /// serials are revoked (the scope they carry is not approved) but the grant may be
+    /// issued again once fixed or approved.
+    Withhold {
+        phase: GrantPhase,
         reason: &'static str,
         message: String,
         serials: Vec<String>,
@@ -240,7 +269,8 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     }
 
     if let Err(e) = scope::validate(&grant.spec.tools) {
-        return Plan::Deny {
+        return Plan::Withhold {
+            phase: GrantPhase::Denied,
             reason: "InvalidToolName",
             message: e.to_string(),
             serials: live_serials(o),
@@ -249,7 +279,8 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     let excess = scope::excess(&grant.spec.tools, &identity.spec.tools);
     if !excess.is_empty() {
         let named: Vec<String> = excess.iter().map(ToString::to_string).collect();
-        return Plan::Deny {
+        return Plan::Withhold {
+            phase: GrantPhase::Denied,
             reason: "ExceedsIdentityCeiling",
             message: format!(
                 "the grant asks for more than AgentIdentity {identity_name} allows: {}",
@@ -257,6 +288,60 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             ),
             serials: live_serials(o),
         };
+    }
+
+    // Policy decides after the ceiling (which always applies first) and before
+    // anything is written.
+    let hold_as_is = |reason: &'static str, message: String| Plan::Hold {
+        phase: status.phase.unwrap_or(GrantPhase::Pending),
+        ready: false,
+        reason,
+        message,
+        requeue_at: None,
+    };
+    match &o.policy {
+        PolicyObs::Allow => {}
+        PolicyObs::Loading => {
+            return hold_as_is("PoliciesLoading", "waiting for the AgentPolicies to be loaded".into());
+        }
+        // An invalid policy stops issuance and renewal in the namespaces it selects but
+        // does not revoke: a typo must not become an outage; the live certificate
+        // (short-lived by design) simply is not renewed until the policy is fixed.
+        PolicyObs::Invalid { message } => return hold_as_is("PolicyInvalid", message.clone()),
+        PolicyObs::MissingRequester => {
+            return Plan::Withhold {
+                phase: GrantPhase::Denied,
+                reason: "MissingRequester",
+                message: "spec.requester was not recorded at creation (Mandate's admission webhook was bypassed); \
+                          delete the grant and create it again"
+                    .into(),
+                serials: live_serials(o),
+            };
+        }
+        PolicyObs::Deny { message } => {
+            return Plan::Withhold {
+                phase: GrantPhase::Denied,
+                reason: "PolicyDenied",
+                message: message.clone(),
+                serials: live_serials(o),
+            };
+        }
+        PolicyObs::ApprovalDenied { message } => {
+            return Plan::Withhold {
+                phase: GrantPhase::Denied,
+                reason: "ApprovalDenied",
+                message: message.clone(),
+                serials: live_serials(o),
+            };
+        }
+        PolicyObs::RequireApproval { message } => {
+            return Plan::Withhold {
+                phase: GrantPhase::AwaitingApproval,
+                reason: "AwaitingApproval",
+                message: message.clone(),
+                serials: live_serials(o),
+            };
+        }
     }
 
     if o.secret == SecretObs::Foreign {
@@ -329,5 +414,184 @@ pub fn decide(o: &Observed<'_>) -> Plan {
                 format!("{cap:?} leaves less than the minimum certificate lifetime"),
             ),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::task::TaskState;
+    use serde_json::json;
+
+    fn grant() -> ToolGrant {
+        serde_json::from_value(json!({
+            "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrant",
+            "metadata": {"name": "g", "namespace": "ns", "uid": "g-uid", "generation": 1},
+            "spec": {"identityRef": {"name": "a"}, "taskRef": {"apiVersion": "v1", "kind": "Pod", "name": "p"},
+                     "tools": [{"name": "github", "actions": ["read"]}], "purpose": "x",
+                     "requester": {"username": "alice"}}
+        }))
+        .unwrap()
+    }
+
+    fn identity() -> AgentIdentity {
+        serde_json::from_value(json!({
+            "apiVersion": "mandate.dev/v1alpha1", "kind": "AgentIdentity",
+            "metadata": {"name": "a", "namespace": "ns"},
+            "spec": {"owner": "team", "serviceAccountName": "sa", "tools": [{"name": "github", "actions": ["read"]}]}
+        }))
+        .unwrap()
+    }
+
+    fn observed<'a>(g: &'a ToolGrant, id: &'a AgentIdentity, secret: SecretObs, policy: PolicyObs) -> Observed<'a> {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        Observed {
+            now,
+            grant: g,
+            identity: Some(id),
+            task: Some(TaskState {
+                uid: "t-uid".into(),
+                started_at: Some(now),
+                deadline: None,
+                finished: None,
+            }),
+            secret,
+            ca: CaObs::Ready {
+                not_after: now + SignedDuration::from_hours(1000),
+            },
+            operator_max_ttl: Duration::from_secs(86400),
+            jitter: 0.5,
+            policy,
+        }
+    }
+
+    fn live(now: Timestamp) -> SecretObs {
+        SecretObs::Ours(Some(LiveCert {
+            serial: "ab".into(),
+            not_after: now + SignedDuration::from_hours(1),
+            renew_at: now + SignedDuration::from_mins(40),
+            grant_generation: 1,
+            task_uid: "t-uid".into(),
+        }))
+    }
+
+    use k8s_openapi::jiff::SignedDuration;
+
+    #[test]
+    fn a_permitted_grant_is_issued() {
+        let (g, id) = (grant(), identity());
+        let plan = decide(&observed(&g, &id, SecretObs::Absent, PolicyObs::Allow));
+        assert!(matches!(plan, Plan::Issue { why: "Initial", .. }), "{plan:?}");
+    }
+
+    #[test]
+    fn a_policy_denial_revokes_the_live_certificate() {
+        let (g, id) = (grant(), identity());
+        let o = observed(&g, &id, SecretObs::Absent, PolicyObs::Deny { message: "no".into() });
+        let o = Observed {
+            secret: live(o.now),
+            ..o
+        };
+        match decide(&o) {
+            Plan::Withhold { reason, serials, .. } => {
+                assert_eq!(reason, "PolicyDenied");
+                assert_eq!(serials, ["ab"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn threat_27_policies_not_loaded_yet_issue_nothing_and_revoke_nothing() {
+        let (g, id) = (grant(), identity());
+        let o = observed(&g, &id, SecretObs::Absent, PolicyObs::Loading);
+        let o = Observed {
+            secret: live(o.now),
+            ..o
+        };
+        assert!(matches!(
+            decide(&o),
+            Plan::Hold {
+                ready: false,
+                reason: "PoliciesLoading",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn threat_26_an_invalid_policy_holds_issuance_without_revoking() {
+        let (g, id) = (grant(), identity());
+        let plan = decide(&observed(
+            &g,
+            &id,
+            SecretObs::Absent,
+            PolicyObs::Invalid {
+                message: "line 3".into(),
+            },
+        ));
+        match plan {
+            Plan::Hold {
+                reason, message, phase, ..
+            } => {
+                assert_eq!(reason, "PolicyInvalid");
+                assert_eq!(message, "line 3");
+                assert_eq!(phase, GrantPhase::Pending);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn approval_required_waits_and_revokes_what_was_not_approved() {
+        let (g, id) = (grant(), identity());
+        let o = observed(
+            &g,
+            &id,
+            SecretObs::Absent,
+            PolicyObs::RequireApproval {
+                message: "writes".into(),
+            },
+        );
+        let o = Observed {
+            secret: live(o.now),
+            ..o
+        };
+        assert_eq!(
+            decide(&o),
+            Plan::Withhold {
+                phase: GrantPhase::AwaitingApproval,
+                reason: "AwaitingApproval",
+                message: "writes".into(),
+                serials: vec!["ab".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn threat_6_a_grant_without_a_recorded_requester_is_never_issued() {
+        let (g, id) = (grant(), identity());
+        let plan = decide(&observed(&g, &id, SecretObs::Absent, PolicyObs::MissingRequester));
+        assert!(matches!(
+            plan,
+            Plan::Withhold {
+                reason: "MissingRequester",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_ceiling_applies_before_policy() {
+        let (mut g, id) = (grant(), identity());
+        g.spec.tools[0].actions.push("write".into());
+        let plan = decide(&observed(&g, &id, SecretObs::Absent, PolicyObs::Allow));
+        assert!(matches!(
+            plan,
+            Plan::Withhold {
+                reason: "ExceedsIdentityCeiling",
+                ..
+            }
+        ));
     }
 }

@@ -3,6 +3,7 @@
 //! Nothing here talks to the API server, so every rule is unit-tested with a fixed
 //! clock. The controllers fetch, call these, then apply what they return.
 
+pub mod approval;
 pub mod grant;
 pub mod lifetime;
 pub mod scope;

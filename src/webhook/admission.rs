@@ -163,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn threat_requester_forgery_creation_records_the_authenticated_user_and_the_finalizer() {
+    fn threat_6_requester_forgery_creation_records_the_authenticated_user_and_the_finalizer() {
         let obj = grant(json!({}));
         let res = mutate(&request("ToolGrant", "CREATE", obj.clone(), None, "alice"));
         assert!(res.allowed);
@@ -178,7 +178,7 @@ mod tests {
     }
 
     #[test]
-    fn threat_requester_forgery_a_requester_in_the_manifest_is_refused() {
+    fn threat_6_requester_forgery_a_requester_in_the_manifest_is_refused() {
         let obj = grant(json!({"requester": {"username": "root"}}));
         let res = mutate(&request("ToolGrant", "CREATE", obj, None, "mallory"));
         assert!(!res.allowed);
@@ -186,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn threat_requester_forgery_changing_the_requester_later_is_refused() {
+    fn threat_6_requester_forgery_changing_the_requester_later_is_refused() {
         let old = grant(json!({"requester": {"username": "alice"}}));
         let new = grant(json!({"requester": {"username": "mallory"}}));
         for pass in [mutate, validate] {

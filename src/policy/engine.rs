@@ -1,0 +1,1102 @@
+//! The decision: may this grant be issued, and under which policies?
+//!
+//! A [`PolicyStore`] holds every compiled AgentPolicy, indexed by scope. It is
+//! immutable: the controller builds a new one whenever an AgentPolicy changes and
+//! swaps an `Arc`, so a decision never sees half an update. The only interior state
+//! is a cache of Cedar policy sets keyed by the candidate policies of a request,
+//! which cannot change a decision (the same candidates always make the same set).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use cedar_policy::{Authorizer, Decision, PolicySet, Response};
+
+use super::compile::{Compiled, Effect};
+use super::index::{Scope, ScopeIndex};
+use super::input::{ApprovalContext, InputError, IssueInput, IssueRequest, ToolRequest};
+use crate::api::PolicyMode;
+
+/// The approver Mandate puts in `context.approval` to ask "would an approval by
+/// someone other than the requester lift this denial?". Not a valid Kubernetes
+/// username, so a policy cannot single it out by accident.
+pub const HYPOTHETICAL_APPROVER: &str = "<any approver other than the requester>";
+
+/// Policy sets kept for reuse. Distinct candidate sets are bounded by the shapes of
+/// the policies (namespaces x tools x agent-specific policies), not by traffic; the
+/// cap only guards memory against a pathological store, and the cache is simply
+/// emptied when it is reached.
+const POLICY_SET_CACHE_LIMIT: usize = 8192;
+
+/// Which namespaces an AgentPolicy selects. The controller resolves the label
+/// selector against the namespaces it watches and rebuilds the store when either
+/// changes, so the store itself never sees labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamespaceMatcher {
+    /// Every namespace (no selector, or an empty one).
+    All,
+    /// Exactly these namespaces.
+    Names(BTreeSet<String>),
+}
+
+impl NamespaceMatcher {
+    /// Whether grants in `namespace` are subject to the AgentPolicy.
+    pub fn applies_to(&self, namespace: &str) -> bool {
+        match self {
+            NamespaceMatcher::All => true,
+            NamespaceMatcher::Names(names) => names.contains(namespace),
+        }
+    }
+}
+
+/// One AgentPolicy as the store needs it.
+#[derive(Clone, Debug)]
+pub struct AgentPolicyEntry {
+    /// The compiled text, with the AgentPolicy's name.
+    pub compiled: Compiled,
+    /// Enforce or Audit.
+    pub mode: PolicyMode,
+    /// The namespaces it selects.
+    pub namespaces: NamespaceMatcher,
+}
+
+/// What to do with a grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Outcome {
+    /// Issue it.
+    Allow,
+    /// Wait for a ToolGrantApproval of this generation.
+    RequireApproval,
+    /// Do not issue it.
+    Deny,
+}
+
+impl Outcome {
+    /// `Allow`, `RequireApproval` or `Deny`, as in `DecisionRecord.outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "Allow",
+            Outcome::RequireApproval => "RequireApproval",
+            Outcome::Deny => "Deny",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The decision on one grant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssueDecision {
+    /// What to do.
+    pub outcome: Outcome,
+    /// Ids (`<AgentPolicy>/<policy id>`) of the Enforce policies that decided: the
+    /// permits for Allow, the forbids (or failing policies) for Deny, the approval
+    /// forbids for RequireApproval. Empty for a default deny. Sorted.
+    pub policies: Vec<String>,
+    /// Why, one sentence per reason.
+    pub reasons: Vec<String>,
+    /// Audit policies that would have denied (or required an approval for) a grant
+    /// the Enforce policies allow or send for approval. Sorted.
+    pub audit_denials: Vec<String>,
+    /// Evaluation errors, as `<policy id>: <error>`; Audit ones are prefixed `audit `.
+    pub evaluation_errors: Vec<String>,
+}
+
+impl IssueDecision {
+    fn deny(reason: String) -> Self {
+        IssueDecision {
+            outcome: Outcome::Deny,
+            policies: vec![],
+            reasons: vec![reason],
+            audit_denials: vec![],
+            evaluation_errors: vec![],
+        }
+    }
+}
+
+/// A policy as the store keeps it.
+#[derive(Debug)]
+struct StoredPolicy {
+    policy: cedar_policy::Policy,
+    qualified_id: String,
+    requires_approval: bool,
+    /// Index into `PolicyStore::agent_policies`.
+    owner: usize,
+    audit: bool,
+}
+
+/// A name, and why it cannot be used.
+#[derive(Debug)]
+struct Invalid {
+    name: String,
+    mode: PolicyMode,
+    namespaces: NamespaceMatcher,
+    problem: String,
+}
+
+/// Every AgentPolicy, compiled and indexed. Immutable once built.
+#[derive(Debug)]
+pub struct PolicyStore {
+    namespaces: Vec<NamespaceMatcher>,
+    policies: Vec<StoredPolicy>,
+    by_id: HashMap<String, u32>,
+    index: ScopeIndex,
+    invalid: Vec<Invalid>,
+    authorizer: Authorizer,
+    sets: RwLock<HashMap<Vec<u32>, Arc<PolicySet>>>,
+}
+
+/// How candidates are chosen: through the scope index, or every policy of the
+/// selected AgentPolicies (the reference the index is tested and benchmarked against).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Selection {
+    Indexed,
+    All,
+}
+
+/// One tool's verdict under one policy set.
+#[derive(Debug, PartialEq, Eq)]
+enum ToolVerdict {
+    Allow {
+        permits: Vec<String>,
+    },
+    RequireApproval {
+        forbids: Vec<String>,
+        reasons: Vec<String>,
+    },
+    Deny {
+        policies: Vec<String>,
+        reasons: Vec<String>,
+        errors: Vec<String>,
+    },
+}
+
+impl ToolVerdict {
+    fn outcome(&self) -> Outcome {
+        match self {
+            ToolVerdict::Allow { .. } => Outcome::Allow,
+            ToolVerdict::RequireApproval { .. } => Outcome::RequireApproval,
+            ToolVerdict::Deny { .. } => Outcome::Deny,
+        }
+    }
+
+    fn policies(&self) -> &[String] {
+        match self {
+            ToolVerdict::Allow { permits } => permits,
+            ToolVerdict::RequireApproval { forbids, .. } => forbids,
+            ToolVerdict::Deny { policies, .. } => policies,
+        }
+    }
+}
+
+fn ids(ids: impl Iterator<Item = impl AsRef<str>>) -> Vec<String> {
+    let mut v: Vec<String> = ids.map(|i| i.as_ref().to_string()).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn quoted(ids: &[String]) -> String {
+    ids.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+}
+
+impl PolicyStore {
+    /// Index `entries`. An AgentPolicy with compile errors takes no part in decisions
+    /// except to deny every grant in the namespaces it selects (Enforce only; see
+    /// `decide_issue`). Two entries with the same name make the later one invalid.
+    pub fn new(entries: Vec<AgentPolicyEntry>) -> Self {
+        let mut store = PolicyStore {
+            namespaces: Vec::with_capacity(entries.len()),
+            policies: Vec::new(),
+            by_id: HashMap::new(),
+            index: ScopeIndex::default(),
+            invalid: Vec::new(),
+            authorizer: Authorizer::new(),
+            sets: RwLock::new(HashMap::new()),
+        };
+        let mut seen = BTreeSet::new();
+        for entry in entries {
+            let name = entry.compiled.name.clone();
+            let problem = if !seen.insert(name.clone()) {
+                Some("another AgentPolicy has the same name".to_string())
+            } else if let Some(first) = entry.compiled.errors.first() {
+                let at = match (first.line, first.column) {
+                    (Some(l), Some(c)) => format!(" at line {l}, column {c}"),
+                    _ => String::new(),
+                };
+                let more = match entry.compiled.errors.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more errors)", n - 1),
+                };
+                Some(format!("{}{at}{more}", first.message))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                store.invalid.push(Invalid {
+                    name,
+                    mode: entry.mode,
+                    namespaces: entry.namespaces,
+                    problem,
+                });
+                continue;
+            }
+            let owner = store.namespaces.len();
+            store.namespaces.push(entry.namespaces);
+            for p in entry.compiled.policies {
+                let Ok(n) = u32::try_from(store.policies.len()) else {
+                    break;
+                };
+                store.index.insert(&Scope::of(&p.policy), n);
+                store.by_id.insert(p.qualified_id.clone(), n);
+                store.policies.push(StoredPolicy {
+                    requires_approval: p.requires_approval && p.effect == Effect::Forbid,
+                    policy: p.policy,
+                    qualified_id: p.qualified_id,
+                    owner,
+                    audit: entry.mode == PolicyMode::Audit,
+                });
+            }
+        }
+        store
+    }
+
+    /// The problem of an invalid Enforce AgentPolicy selecting `namespace`, if any: the
+    /// grant controller holds such grants (no issuance, no revocation) rather than
+    /// treating a typo as a denial.
+    pub fn invalid_for(&self, namespace: &str) -> Option<String> {
+        self.invalid
+            .iter()
+            .find(|b| b.mode == PolicyMode::Enforce && b.namespaces.applies_to(namespace))
+            .map(|b| format!("AgentPolicy {} is invalid: {}", b.name, b.problem))
+    }
+
+    /// Number of usable policies (of valid AgentPolicies).
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// True when no usable policy is loaded (every grant is then denied by default).
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Decide whether `req` may be issued: action `issue`, once per tool.
+    ///
+    /// Only AgentPolicies selecting `req.namespace` count. Fail closed: an invalid
+    /// Enforce AgentPolicy selecting the namespace, any evaluation error, or a request
+    /// Cedar cannot represent is a Deny. A Deny caused only by `@approval("required")`
+    /// forbids that an approval by someone other than the requester would lift is a
+    /// RequireApproval. Audit policies never change the outcome; see docs/policy.md.
+    pub fn decide_issue(&self, req: &IssueRequest) -> IssueDecision {
+        self.decide(req, Selection::Indexed)
+    }
+
+    /// [`decide_issue`](Self::decide_issue) without the scope index: every policy of
+    /// the selected AgentPolicies is evaluated. Always the same decision, slower; it
+    /// exists to test and benchmark the index against.
+    pub fn decide_issue_evaluating_all(&self, req: &IssueRequest) -> IssueDecision {
+        self.decide(req, Selection::All)
+    }
+
+    fn decide(&self, req: &IssueRequest, selection: Selection) -> IssueDecision {
+        let mut evaluation_errors = Vec::new();
+        for bad in self.invalid.iter().filter(|b| b.namespaces.applies_to(&req.namespace)) {
+            match bad.mode {
+                PolicyMode::Enforce => {
+                    return IssueDecision::deny(format!(
+                        "AgentPolicy {} is invalid: {}; no grant in namespace {} is issued until it is fixed",
+                        bad.name, bad.problem, req.namespace
+                    ));
+                }
+                // A dry run must not block issuance, even a broken one; it is
+                // reported in its own status, and here for the record.
+                PolicyMode::Audit => evaluation_errors.push(format!(
+                    "audit AgentPolicy {} is invalid and was not evaluated: {}",
+                    bad.name, bad.problem
+                )),
+            }
+        }
+        if req.tools.is_empty() {
+            return IssueDecision::deny("the grant names no tools".to_string());
+        }
+
+        let agent = req.agent.entity_id();
+        let mut verdicts = Vec::with_capacity(req.tools.len());
+        for tool in &req.tools {
+            let candidates = self.candidates(req, &agent, tool, selection);
+            let enforce: Vec<u32> = candidates
+                .iter()
+                .copied()
+                .filter(|&i| !self.policies[i as usize].audit)
+                .collect();
+            let has_audit = enforce.len() != candidates.len();
+            let (verdict, input) = match IssueInput::new(req, tool) {
+                Ok(input) => (self.verdict(&enforce, req, tool, &input), Some(input)),
+                Err(e) => (input_failure(tool, &e), None),
+            };
+            if let ToolVerdict::Deny { errors, .. } = &verdict {
+                evaluation_errors.extend(errors.iter().cloned());
+            }
+            let audit = match (has_audit, input) {
+                (true, Some(input)) => Some((candidates, input)),
+                _ => None,
+            };
+            verdicts.push((tool, verdict, audit));
+        }
+
+        let outcome = verdicts
+            .iter()
+            .map(|(_, v, _)| v.outcome())
+            .max()
+            .unwrap_or(Outcome::Deny);
+        let mut policies = BTreeSet::new();
+        let mut reasons = Vec::new();
+        for (tool, verdict, _) in verdicts.iter().filter(|(_, v, _)| v.outcome() == outcome) {
+            policies.extend(verdict.policies().iter().cloned());
+            match verdict {
+                ToolVerdict::Allow { permits } => reasons.push(format!(
+                    "{} permit `issue` of tool {} for agent {agent}",
+                    quoted(permits),
+                    tool.name
+                )),
+                ToolVerdict::RequireApproval { reasons: r, .. } | ToolVerdict::Deny { reasons: r, .. } => {
+                    reasons.extend(r.iter().cloned())
+                }
+            }
+        }
+
+        // Audit: evaluate Enforce and Audit policies together, as if all were
+        // enforced, and report the Audit policies that would make it stricter.
+        let mut audit_denials = BTreeSet::new();
+        if outcome != Outcome::Deny {
+            for (tool, verdict, candidates) in &verdicts {
+                let Some((all, input)) = candidates else { continue };
+                let union = self.verdict(all, req, tool, input);
+                if union.outcome() <= verdict.outcome() {
+                    continue;
+                }
+                if let ToolVerdict::Deny { errors, .. } = &union {
+                    evaluation_errors.extend(errors.iter().map(|e| format!("audit {e}")));
+                }
+                let audit_ids: Vec<String> = union
+                    .policies()
+                    .iter()
+                    .filter(|id| self.by_id.get(*id).is_some_and(|&i| self.policies[i as usize].audit))
+                    .cloned()
+                    .collect();
+                if audit_ids.is_empty() {
+                    // Unreachable in Cedar's semantics (only an Audit policy can make
+                    // the union stricter), but never report a stricter union silently.
+                    audit_denials.extend(
+                        all.iter()
+                            .map(|&i| &self.policies[i as usize])
+                            .filter(|p| p.audit)
+                            .map(|p| p.qualified_id.clone()),
+                    );
+                } else {
+                    audit_denials.extend(audit_ids);
+                }
+            }
+        }
+
+        evaluation_errors.sort();
+        evaluation_errors.dedup();
+        IssueDecision {
+            outcome,
+            policies: policies.into_iter().collect(),
+            reasons,
+            audit_denials: audit_denials.into_iter().collect(),
+            evaluation_errors,
+        }
+    }
+
+    /// The policies that can apply to `tool` of `req`, sorted: of AgentPolicies
+    /// selecting the namespace, and (when indexed) whose scope can match.
+    fn candidates(&self, req: &IssueRequest, agent: &str, tool: &ToolRequest, selection: Selection) -> Vec<u32> {
+        let selected = |i: &u32| self.namespaces[self.policies[*i as usize].owner].applies_to(&req.namespace);
+        match selection {
+            Selection::Indexed => {
+                let mut c = self.index.candidates("issue", &req.agent.namespace, agent, &tool.name);
+                c.retain(selected);
+                c
+            }
+            Selection::All => (0..self.policies.len() as u32).filter(selected).collect(),
+        }
+    }
+
+    /// The Cedar policy set of `candidates`, built once per distinct candidate list.
+    fn policy_set(&self, candidates: &[u32]) -> Result<Arc<PolicySet>, String> {
+        if let Some(set) = self.sets.read().unwrap_or_else(PoisonError::into_inner).get(candidates) {
+            return Ok(set.clone());
+        }
+        let set = PolicySet::from_policies(candidates.iter().map(|&i| self.policies[i as usize].policy.clone()))
+            .map_err(|e| format!("failed to assemble the policy set: {e}"))?;
+        let set = Arc::new(set);
+        let mut sets = self.sets.write().unwrap_or_else(PoisonError::into_inner);
+        if sets.len() >= POLICY_SET_CACHE_LIMIT {
+            sets.clear();
+        }
+        sets.insert(candidates.to_vec(), set.clone());
+        Ok(set)
+    }
+
+    fn evaluate(
+        &self,
+        set: &PolicySet,
+        req: &IssueRequest,
+        tool: &ToolRequest,
+        input: &IssueInput,
+        approval: &ApprovalContext,
+    ) -> Result<Response, InputError> {
+        let request = input.request(req, tool, approval)?;
+        Ok(self.authorizer.is_authorized(&request, set, &input.entities))
+    }
+
+    /// Decide one tool under the policies `candidates`.
+    fn verdict(&self, candidates: &[u32], req: &IssueRequest, tool: &ToolRequest, input: &IssueInput) -> ToolVerdict {
+        let agent = req.agent.entity_id();
+        let t = &tool.name;
+        if candidates.is_empty() {
+            return default_deny(t, &agent);
+        }
+        let set = match self.policy_set(candidates) {
+            Ok(set) => set,
+            Err(e) => {
+                return ToolVerdict::Deny {
+                    policies: vec![],
+                    reasons: vec![e],
+                    errors: vec![],
+                };
+            }
+        };
+        let response = match self.evaluate(&set, req, tool, input, &ApprovalContext::of(req)) {
+            Ok(r) => r,
+            Err(e) => return input_failure(tool, &e),
+        };
+        if let Some(failed) = failure(&response, t) {
+            return failed;
+        }
+        let determining = ids(response.diagnostics().reason());
+        match response.decision() {
+            Decision::Allow => return ToolVerdict::Allow { permits: determining },
+            Decision::Deny if determining.is_empty() => return default_deny(t, &agent),
+            Decision::Deny => {}
+        }
+
+        let (approval, plain): (Vec<String>, Vec<String>) =
+            determining.into_iter().partition(|id| self.needs_approval(id));
+        if !plain.is_empty() {
+            let mut reasons = vec![format!(
+                "{} forbid `issue` of tool {t} for agent {agent}",
+                quoted(&plain)
+            )];
+            if !approval.is_empty() {
+                reasons.push(format!("{} would also require an approval", quoted(&approval)));
+            }
+            return ToolVerdict::Deny {
+                policies: ids(plain.iter().chain(&approval)),
+                reasons,
+                errors: vec![],
+            };
+        }
+
+        // Only approval forbids deny. Would an approval by someone other than the
+        // requester lift them (and nothing else stand in the way)?
+        let lifted = match self.evaluate(&set, req, tool, input, &ApprovalContext::hypothetical()) {
+            Ok(r) => r,
+            Err(e) => return input_failure(tool, &e),
+        };
+        if let Some(failed) = failure(&lifted, t) {
+            return failed;
+        }
+        if lifted.decision() == Decision::Deny {
+            let others = ids(lifted.diagnostics().reason());
+            let reason = if others.is_empty() {
+                format!(
+                    "{} require an approval for tool {t}, but even with one no policy permits `issue` of it for agent {agent}",
+                    quoted(&approval)
+                )
+            } else {
+                format!(
+                    "{} forbid `issue` of tool {t} for agent {agent} even with an approval",
+                    quoted(&others)
+                )
+            };
+            return ToolVerdict::Deny {
+                policies: ids(approval.iter().chain(&others)),
+                reasons: vec![reason],
+                errors: vec![],
+            };
+        }
+        let mut reasons = vec![format!(
+            "{} require an approval of `issue` of tool {t} for agent {agent}",
+            quoted(&approval)
+        )];
+        if let Some(present) = &req.approval {
+            let why = if present.approver == req.requester.username {
+                " (self-approval: the approver is the requester)"
+            } else {
+                ""
+            };
+            reasons.push(format!(
+                "the present approval {} by {} does not satisfy {}{why}",
+                present.name,
+                present.approver,
+                quoted(&approval)
+            ));
+        }
+        ToolVerdict::RequireApproval {
+            forbids: approval,
+            reasons,
+        }
+    }
+
+    fn needs_approval(&self, id: &str) -> bool {
+        self.by_id
+            .get(id)
+            .is_some_and(|&i| self.policies[i as usize].requires_approval)
+    }
+}
+
+fn default_deny(tool: &str, agent: &str) -> ToolVerdict {
+    ToolVerdict::Deny {
+        policies: vec![],
+        reasons: vec![format!("no policy permits `issue` of tool {tool} for agent {agent}")],
+        errors: vec![],
+    }
+}
+
+fn input_failure(tool: &ToolRequest, e: &InputError) -> ToolVerdict {
+    ToolVerdict::Deny {
+        policies: vec![],
+        reasons: vec![format!("tool {}: {e}", tool.name)],
+        errors: vec![],
+    }
+}
+
+/// Any evaluation error is a Deny naming the failing policies. Cedar itself skips a
+/// policy that errors, so a `forbid` that errors would otherwise silently let the
+/// request through.
+fn failure(response: &Response, tool: &str) -> Option<ToolVerdict> {
+    let errors: Vec<(String, String)> = response
+        .diagnostics()
+        .errors()
+        .map(|e| match e {
+            cedar_policy::AuthorizationError::PolicyEvaluationError(pe) => {
+                (pe.policy_id().to_string(), pe.inner().to_string())
+            }
+        })
+        .collect();
+    if errors.is_empty() {
+        return None;
+    }
+    let policies = ids(errors.iter().map(|(id, _)| id));
+    let errors: Vec<String> = errors.iter().map(|(id, e)| format!("{id}: {e}")).collect();
+    let reasons = errors
+        .iter()
+        .map(|e| format!("evaluating policy {e} failed for tool {tool}; failing closed"))
+        .collect();
+    Some(ToolVerdict::Deny {
+        policies,
+        reasons,
+        errors,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::api::Sensitivity;
+    use crate::policy::ApprovalFacts;
+    use crate::policy::compile::compile;
+    use crate::policy::input::tests::request;
+
+    pub(crate) fn entry(name: &str, mode: PolicyMode, namespaces: NamespaceMatcher, text: &str) -> AgentPolicyEntry {
+        AgentPolicyEntry {
+            compiled: compile(text, name),
+            mode,
+            namespaces,
+        }
+    }
+
+    fn enforce(name: &str, text: &str) -> AgentPolicyEntry {
+        let e = entry(name, PolicyMode::Enforce, NamespaceMatcher::All, text);
+        assert!(e.compiled.is_valid(), "{:?}", e.compiled.errors);
+        e
+    }
+
+    fn audit(name: &str, text: &str) -> AgentPolicyEntry {
+        AgentPolicyEntry {
+            mode: PolicyMode::Audit,
+            ..enforce(name, text)
+        }
+    }
+
+    const PERMIT_PAYMENTS: &str = r#"
+@id("payments-stripe")
+permit(principal in Mandate::Namespace::"team-payments", action == Mandate::Action::"issue", resource == Mandate::Tool::"stripe");
+"#;
+
+    const APPROVE_REFUNDS: &str = r#"
+@id("refunds-need-approval")
+@approval("required")
+forbid(principal, action == Mandate::Action::"issue", resource)
+when { context.actions.contains("refund") }
+unless { context.approval.approved && !context.approval.selfApproval };
+"#;
+
+    #[test]
+    fn a_permit_allows_and_is_named() {
+        let store = PolicyStore::new(vec![enforce("base", PERMIT_PAYMENTS)]);
+        let d = store.decide_issue(&request());
+        assert_eq!(d.outcome, Outcome::Allow, "{d:?}");
+        assert_eq!(d.policies, ["base/payments-stripe"]);
+        assert!(d.reasons[0].contains("tool stripe"), "{:?}", d.reasons);
+        assert!(d.audit_denials.is_empty() && d.evaluation_errors.is_empty());
+    }
+
+    #[test]
+    fn without_a_permit_the_default_is_deny_with_no_policies() {
+        let store = PolicyStore::new(vec![]);
+        let d = store.decide_issue(&request());
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert!(d.policies.is_empty());
+        assert_eq!(
+            d.reasons,
+            ["no policy permits `issue` of tool stripe for agent team-payments/refunder"]
+        );
+    }
+
+    #[test]
+    fn a_forbid_overrides_a_permit() {
+        let store = PolicyStore::new(vec![
+            enforce("base", PERMIT_PAYMENTS),
+            enforce(
+                "ttl",
+                "@id(\"short\")\nforbid(principal, action == Mandate::Action::\"issue\", resource) when { context.ttlSeconds > 600 };",
+            ),
+        ]);
+        let d = store.decide_issue(&request());
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!(d.policies, ["ttl/short"]);
+        assert!(d.reasons[0].contains("`ttl/short` forbid"), "{:?}", d.reasons);
+    }
+
+    #[test]
+    fn every_tool_must_be_allowed() {
+        let store = PolicyStore::new(vec![enforce("base", PERMIT_PAYMENTS)]);
+        let mut req = request();
+        req.tools.push(ToolRequest {
+            name: "postgres".into(),
+            actions: vec!["read".into()],
+            ..Default::default()
+        });
+        let d = store.decide_issue(&req);
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!(
+            d.reasons,
+            ["no policy permits `issue` of tool postgres for agent team-payments/refunder"]
+        );
+    }
+
+    #[test]
+    fn policies_of_agent_policies_not_selecting_the_namespace_do_not_count() {
+        let elsewhere = NamespaceMatcher::Names(BTreeSet::from(["team-support".to_string()]));
+        let store = PolicyStore::new(vec![
+            enforce("base", PERMIT_PAYMENTS),
+            entry(
+                "support",
+                PolicyMode::Enforce,
+                elsewhere,
+                "forbid(principal, action, resource);",
+            ),
+        ]);
+        assert_eq!(store.decide_issue(&request()).outcome, Outcome::Allow);
+    }
+
+    #[test]
+    fn an_invalid_enforce_agent_policy_denies_in_the_namespaces_it_selects() {
+        let broken = |ns: &str| {
+            entry(
+                "broken",
+                PolicyMode::Enforce,
+                NamespaceMatcher::Names(BTreeSet::from([ns.to_string()])),
+                "permit(principal, action, resource) when { principal.ownr == \"x\" };",
+            )
+        };
+        let store = PolicyStore::new(vec![enforce("base", PERMIT_PAYMENTS), broken("team-payments")]);
+        let d = store.decide_issue(&request());
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert!(
+            d.reasons[0].starts_with("AgentPolicy broken is invalid: "),
+            "{:?}",
+            d.reasons
+        );
+        assert!(d.reasons[0].contains("line 1"), "{:?}", d.reasons);
+
+        let store = PolicyStore::new(vec![enforce("base", PERMIT_PAYMENTS), broken("team-support")]);
+        assert_eq!(store.decide_issue(&request()).outcome, Outcome::Allow);
+    }
+
+    #[test]
+    fn an_invalid_audit_agent_policy_is_reported_but_does_not_deny() {
+        let bad = entry(
+            "dry-run",
+            PolicyMode::Audit,
+            NamespaceMatcher::All,
+            "forbid(principal, action, resource",
+        );
+        let store = PolicyStore::new(vec![enforce("base", PERMIT_PAYMENTS), bad]);
+        let d = store.decide_issue(&request());
+        assert_eq!(d.outcome, Outcome::Allow);
+        assert!(
+            d.evaluation_errors[0].contains("audit AgentPolicy dry-run is invalid"),
+            "{:?}",
+            d.evaluation_errors
+        );
+    }
+
+    #[test]
+    fn an_evaluation_error_denies_naming_the_policy() {
+        // Overflow is a run-time error the validator cannot see. Cedar would skip the
+        // erroring forbid and allow; Mandate must not.
+        let store = PolicyStore::new(vec![
+            enforce("base", PERMIT_PAYMENTS),
+            enforce(
+                "math",
+                "@id(\"overflow\")\nforbid(principal, action == Mandate::Action::\"issue\", resource) when { context.ttlSeconds * 9223372036854775807 > 0 };",
+            ),
+        ]);
+        let d = store.decide_issue(&request());
+        assert_eq!(d.outcome, Outcome::Deny, "{d:?}");
+        assert_eq!(d.policies, ["math/overflow"]);
+        assert_eq!(d.evaluation_errors.len(), 1);
+        assert!(
+            d.evaluation_errors[0].starts_with("math/overflow: "),
+            "{:?}",
+            d.evaluation_errors
+        );
+        assert!(d.reasons[0].contains("failing closed"));
+    }
+
+    #[test]
+    fn an_approval_forbid_requires_approval_and_an_approval_by_someone_else_allows() {
+        let store = PolicyStore::new(vec![
+            enforce("base", PERMIT_PAYMENTS),
+            enforce("refunds", APPROVE_REFUNDS),
+        ]);
+        let mut req = request();
+        let d = store.decide_issue(&req);
+        assert_eq!(d.outcome, Outcome::RequireApproval, "{d:?}");
+        assert_eq!(d.policies, ["refunds/refunds-need-approval"]);
+        assert_eq!(d.reasons.len(), 1);
+
+        req.approval = Some(ApprovalFacts {
+            name: "ok".into(),
+            approver: "bob@example.com".into(),
+        });
+        let d = store.decide_issue(&req);
+        assert_eq!(d.outcome, Outcome::Allow, "{d:?}");
+        assert_eq!(d.policies, ["base/payments-stripe"]);
+    }
+
+    #[test]
+    fn a_self_approval_does_not_satisfy_a_policy_refusing_it() {
+        let store = PolicyStore::new(vec![
+            enforce("base", PERMIT_PAYMENTS),
+            enforce("refunds", APPROVE_REFUNDS),
+        ]);
+        let mut req = request();
+        req.approval = Some(ApprovalFacts {
+            name: "mine".into(),
+            approver: req.requester.username.clone(),
+        });
+        let d = store.decide_issue(&req);
+        assert_eq!(d.outcome, Outcome::RequireApproval, "{d:?}");
+        assert_eq!(
+            d.reasons[1],
+            "the present approval mine by alice@example.com does not satisfy `refunds/refunds-need-approval` \
+             (self-approval: the approver is the requester)"
+        );
+    }
+
+    #[test]
+    fn an_approval_cannot_lift_a_default_deny_or_a_plain_forbid() {
+        let store = PolicyStore::new(vec![enforce("refunds", APPROVE_REFUNDS)]);
+        let d = store.decide_issue(&request());
+        assert_eq!(d.outcome, Outcome::Deny, "{d:?}");
+        assert!(
+            d.reasons[0].contains("even with one no policy permits"),
+            "{:?}",
+            d.reasons
+        );
+
+        let store = PolicyStore::new(vec![
+            enforce("base", PERMIT_PAYMENTS),
+            enforce("refunds", APPROVE_REFUNDS),
+            enforce(
+                "no-refunds",
+                "@id(\"never\")\nforbid(principal, action == Mandate::Action::\"issue\", resource) when { context.actions.contains(\"refund\") };",
+            ),
+        ]);
+        let d = store.decide_issue(&request());
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!(d.policies, ["no-refunds/never", "refunds/refunds-need-approval"]);
+    }
+
+    #[test]
+    fn audit_policies_report_would_be_denials_without_changing_the_outcome() {
+        let store = PolicyStore::new(vec![
+            enforce("base", PERMIT_PAYMENTS),
+            audit(
+                "dry-run",
+                "@id(\"no-confidential\")\nforbid(principal, action, resource) when { resource.sensitivityLevel >= 2 };",
+            ),
+        ]);
+        let d = store.decide_issue(&request());
+        assert_eq!(d.outcome, Outcome::Allow);
+        assert_eq!(d.policies, ["base/payments-stripe"]);
+        assert_eq!(d.audit_denials, ["dry-run/no-confidential"]);
+
+        // Where Enforce already denies, there is nothing for Audit to report.
+        let mut req = request();
+        req.tools[0].name = "postgres".into();
+        let d = store.decide_issue(&req);
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert!(d.audit_denials.is_empty());
+    }
+
+    #[test]
+    fn audit_policies_that_would_require_approval_are_reported() {
+        let mut refunds = enforce("refunds", APPROVE_REFUNDS);
+        refunds.mode = PolicyMode::Audit;
+        let store = PolicyStore::new(vec![enforce("base", PERMIT_PAYMENTS), refunds]);
+        let d = store.decide_issue(&request());
+        assert_eq!(d.outcome, Outcome::Allow);
+        assert_eq!(d.audit_denials, ["refunds/refunds-need-approval"]);
+    }
+
+    #[test]
+    fn audit_permits_never_allow() {
+        let mut permit = enforce("base", PERMIT_PAYMENTS);
+        permit.mode = PolicyMode::Audit;
+        let d = PolicyStore::new(vec![permit]).decide_issue(&request());
+        assert_eq!(d.outcome, Outcome::Deny);
+    }
+
+    #[test]
+    fn ids_from_different_agent_policies_never_collide() {
+        let text = "@id(\"p\")\npermit(principal, action, resource);";
+        let store = PolicyStore::new(vec![enforce("a", text), enforce("b", text)]);
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.decide_issue(&request()).policies, ["a/p", "b/p"]);
+    }
+
+    #[test]
+    fn a_duplicate_agent_policy_name_makes_the_later_one_invalid() {
+        let text = "permit(principal, action, resource);";
+        let d = PolicyStore::new(vec![enforce("a", text), enforce("a", text)]).decide_issue(&request());
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert!(d.reasons[0].contains("same name"));
+    }
+
+    // ---- The index never changes a decision ----
+
+    const NAMESPACES: [&str; 3] = ["ns-a", "ns-b", "ns-c"];
+    const TOOLS: [&str; 4] = ["stripe", "github", "postgres", "jira"];
+    const AGENTS: [&str; 2] = ["bot", "helper"];
+    const GROUPS: [&str; 2] = ["admins", "oncall"];
+    const ACTIONS: [&str; 4] = ["read", "write", "delete", "refund"];
+
+    fn pick<'a>(rng: &mut StdRng, items: &[&'a str]) -> &'a str {
+        items[rng.random_range(0..items.len())]
+    }
+
+    fn random_policy(rng: &mut StdRng) -> String {
+        let principal = match rng.random_range(0..5) {
+            0 | 1 => "principal".to_string(),
+            2 => format!("principal in Mandate::Namespace::\"{}\"", pick(rng, &NAMESPACES)),
+            3 => format!(
+                "principal == Mandate::Agent::\"{}/{}\"",
+                pick(rng, &NAMESPACES),
+                pick(rng, &AGENTS)
+            ),
+            _ => format!(
+                "principal is Mandate::Agent in Mandate::Namespace::\"{}\"",
+                pick(rng, &NAMESPACES)
+            ),
+        };
+        let action_choice = rng.random_range(0..6);
+        let action = match action_choice {
+            0 => "action",
+            1 => "action in [Mandate::Action::\"issue\", Mandate::Action::\"invoke\"]",
+            2 => "action == Mandate::Action::\"invoke\"",
+            _ => "action == Mandate::Action::\"issue\"",
+        };
+        let resource = match rng.random_range(0..4) {
+            0 => "resource".to_string(),
+            1 => format!("resource in Mandate::Tool::\"{}\"", pick(rng, &TOOLS)),
+            2 => "resource is Mandate::Tool".to_string(),
+            _ => format!("resource == Mandate::Tool::\"{}\"", pick(rng, &TOOLS)),
+        };
+        let forbid = rng.random_bool(0.35);
+        let approval = forbid && rng.random_bool(0.6);
+        // Conditions on entities work for any action; those on `issue`'s context
+        // only validate in policies scoped to `issue` alone.
+        let any_action = [
+            format!("resource.sensitivityLevel >= {}", rng.random_range(0..4)),
+            format!("principal.owner == \"team-{}\"", pick(rng, &["a", "b"])),
+            format!(
+                "resource.sensitivityLevel * 4611686018427387904 * {} > 0",
+                rng.random_range(1..3)
+            ), // may overflow
+        ];
+        let issue_only = [
+            format!("context.ttlSeconds > {}", rng.random_range(0..3) * 600),
+            format!("context.dataSensitivityLevel >= {}", rng.random_range(0..4)),
+            format!("context.actions.contains(\"{}\")", pick(rng, &ACTIONS)),
+            format!("context.requester in Mandate::Group::\"{}\"", pick(rng, &GROUPS)),
+            format!("context.destinations.contains(\"{}.example.com\")", pick(rng, &TOOLS)),
+            "context.ttlSeconds * 4611686018427387904 > 0".to_string(), // overflows: an evaluation error
+        ];
+        let issue = action_choice >= 3;
+        let mut when = String::new();
+        if rng.random_bool(0.6) {
+            let condition = if issue && rng.random_bool(0.7) {
+                let n = if rng.random_bool(0.9) {
+                    rng.random_range(0..5)
+                } else {
+                    5
+                };
+                &issue_only[n]
+            } else {
+                let n = if rng.random_bool(0.9) {
+                    rng.random_range(0..2)
+                } else {
+                    2
+                };
+                &any_action[n]
+            };
+            when = format!(" when {{ {condition} }}");
+        }
+        let mut unless = String::new();
+        // The approval record is `issue` context too.
+        let approval = approval && issue;
+        if approval {
+            unless = " unless { context.approval.approved && !context.approval.selfApproval }".to_string();
+        }
+        format!(
+            "{}{}({principal}, {action}, {resource}){when}{unless};\n",
+            if approval { "@approval(\"required\")\n" } else { "" },
+            if forbid { "forbid" } else { "permit" },
+        )
+    }
+
+    fn random_store(rng: &mut StdRng) -> PolicyStore {
+        let mut entries = Vec::new();
+        for i in 0..rng.random_range(1..6) {
+            let text: String = (0..rng.random_range(1..8)).map(|_| random_policy(rng)).collect();
+            let mode = if rng.random_bool(0.25) {
+                PolicyMode::Audit
+            } else {
+                PolicyMode::Enforce
+            };
+            let namespaces = if rng.random_bool(0.5) {
+                NamespaceMatcher::All
+            } else {
+                NamespaceMatcher::Names(
+                    NAMESPACES
+                        .iter()
+                        .filter(|_| rng.random_bool(0.5))
+                        .map(|s| s.to_string())
+                        .collect(),
+                )
+            };
+            let e = entry(&format!("ap{i}"), mode, namespaces, &text);
+            assert!(e.compiled.is_valid(), "{text}\n{:?}", e.compiled.errors);
+            entries.push(e);
+        }
+        PolicyStore::new(entries)
+    }
+
+    fn random_request(rng: &mut StdRng) -> IssueRequest {
+        let mut req = request();
+        let ns = pick(rng, &NAMESPACES);
+        req.namespace = ns.into();
+        req.agent.namespace = ns.into();
+        req.agent.name = pick(rng, &AGENTS).into();
+        req.agent.owner = format!("team-{}", pick(rng, &["a", "b"]));
+        req.requester.groups = GROUPS
+            .iter()
+            .filter(|_| rng.random_bool(0.5))
+            .map(|s| s.to_string())
+            .collect();
+        req.ttl_seconds = rng.random_range(1..4) * 500;
+        req.data_sensitivity =
+            [Sensitivity::Public, Sensitivity::Internal, Sensitivity::Restricted][rng.random_range(0..3)];
+        req.tools = (0..rng.random_range(1..3))
+            .map(|_| {
+                let name = pick(rng, &TOOLS);
+                ToolRequest {
+                    name: name.into(),
+                    actions: ACTIONS
+                        .iter()
+                        .filter(|_| rng.random_bool(0.4))
+                        .map(|s| s.to_string())
+                        .collect(),
+                    destinations: vec![format!("{name}.example.com")],
+                    sensitivity: [
+                        Sensitivity::Internal,
+                        Sensitivity::Confidential,
+                        Sensitivity::Restricted,
+                    ][rng.random_range(0..3)],
+                }
+            })
+            .collect();
+        req.tools.dedup_by(|a, b| a.name == b.name);
+        req.approval = match rng.random_range(0..3) {
+            0 => None,
+            1 => Some(ApprovalFacts {
+                name: "ap".into(),
+                approver: "bob@example.com".into(),
+            }),
+            _ => Some(ApprovalFacts {
+                name: "ap".into(),
+                approver: req.requester.username.clone(),
+            }),
+        };
+        req
+    }
+
+    #[test]
+    fn the_index_never_changes_a_decision() {
+        let mut rng = StdRng::seed_from_u64(0x006d_616e_6461_7465);
+        let mut outcomes = HashMap::new();
+        let (mut audited, mut errored) = (0, 0);
+        for _ in 0..120 {
+            let store = random_store(&mut rng);
+            for _ in 0..40 {
+                let req = random_request(&mut rng);
+                let indexed = store.decide_issue(&req);
+                let all = store.decide_issue_evaluating_all(&req);
+                assert_eq!(indexed, all, "{req:?}");
+                *outcomes.entry(indexed.outcome).or_insert(0) += 1;
+                audited += usize::from(!indexed.audit_denials.is_empty());
+                errored += usize::from(!indexed.evaluation_errors.is_empty());
+            }
+        }
+        // The generator must exercise every outcome, or the comparison proves little.
+        for o in [Outcome::Allow, Outcome::Deny, Outcome::RequireApproval] {
+            assert!(outcomes.get(&o).copied().unwrap_or(0) > 100, "{outcomes:?}");
+        }
+        assert!(audited > 50 && errored > 50, "audited {audited}, errored {errored}");
+    }
+}

@@ -1,0 +1,514 @@
+//! What a policy sees: the request facts, and their Cedar entities and context.
+//!
+//! The controller fills an [`IssueRequest`] from the ToolGrant, its AgentIdentity,
+//! the requester recorded by the admission webhook and any ToolGrantApproval; this
+//! module turns it into the entities and context Mandate's schema declares
+//! (`mandate.cedarschema`), one tool at a time.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::LazyLock;
+
+use cedar_policy::{Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression};
+
+use crate::api::{Sensitivity, ToolScope, UserInfo};
+
+/// Everything Mandate knows about a grant when deciding whether to issue it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IssueRequest {
+    /// The grant's namespace.
+    pub namespace: String,
+    /// The grant's name.
+    pub grant_name: String,
+    /// The grant generation being decided (recorded, not shown to policy).
+    pub generation: i64,
+    /// The AgentIdentity the grant is for.
+    pub agent: AgentFacts,
+    /// Who created the grant (the grant's `spec.requester`).
+    pub requester: UserInfo,
+    /// The tools asked for; each is decided separately and all must be allowed.
+    pub tools: Vec<ToolRequest>,
+    /// The requested certificate lifetime in seconds.
+    pub ttl_seconds: i64,
+    /// The grant's `dataSensitivity` (`internal` when absent).
+    pub data_sensitivity: Sensitivity,
+    /// The grant's `purpose`.
+    pub purpose: String,
+    /// The task's kind, for example `Job`.
+    pub task_kind: String,
+    /// The task's name.
+    pub task_name: String,
+    /// An approval of this generation, when one exists.
+    pub approval: Option<ApprovalFacts>,
+}
+
+/// The AgentIdentity a grant is for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentFacts {
+    /// The AgentIdentity's name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its accountable owner (`spec.owner`).
+    pub owner: String,
+    /// Its SPIFFE ID.
+    pub spiffe_id: String,
+    /// The ServiceAccount its Pods run as.
+    pub service_account: String,
+}
+
+impl AgentFacts {
+    /// The Cedar entity id of the agent: `<namespace>/<name>`.
+    pub fn entity_id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One tool of a grant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ToolRequest {
+    /// Tool name.
+    pub name: String,
+    /// Actions asked for on it.
+    pub actions: Vec<String>,
+    /// Destinations asked for.
+    pub destinations: Vec<String>,
+    /// The tool's effective classification (see [`ToolRequest::from_scopes`]).
+    pub sensitivity: Sensitivity,
+}
+
+impl ToolRequest {
+    /// The tool as the grant asks for it, classified by the higher of the identity
+    /// ceiling's `sensitivity` and the grant's: a grant may raise the classification,
+    /// never lower it. Absent in the ceiling means `internal`; absent in the grant
+    /// means the ceiling's value.
+    pub fn from_scopes(granted: &ToolScope, ceiling: Option<&ToolScope>) -> Self {
+        let floor = ceiling.and_then(|c| c.sensitivity).unwrap_or_default();
+        ToolRequest {
+            name: granted.name.clone(),
+            actions: granted.actions.clone(),
+            destinations: granted.destinations.clone(),
+            sensitivity: granted.sensitivity.map_or(floor, |s| s.max(floor)),
+        }
+    }
+}
+
+/// A ToolGrantApproval of the generation being decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApprovalFacts {
+    /// The ToolGrantApproval's name.
+    pub name: String,
+    /// Who approved (its recorded `approver.username`).
+    pub approver: String,
+}
+
+/// The `context.approval` record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalContext {
+    /// An approval is present.
+    pub approved: bool,
+    /// Its approver; empty when there is none.
+    pub approver: String,
+    /// The approver is the requester.
+    pub self_approval: bool,
+}
+
+impl ApprovalContext {
+    /// The approval as it is: present or not, self-approval or not.
+    pub fn of(req: &IssueRequest) -> Self {
+        match &req.approval {
+            Some(a) => ApprovalContext {
+                approved: true,
+                approver: a.approver.clone(),
+                self_approval: a.approver == req.requester.username,
+            },
+            None => ApprovalContext {
+                approved: false,
+                approver: String::new(),
+                self_approval: false,
+            },
+        }
+    }
+
+    /// An approval by someone other than the requester: used to ask "would an
+    /// approval lift this denial?".
+    pub fn hypothetical() -> Self {
+        ApprovalContext {
+            approved: true,
+            approver: crate::policy::HYPOTHETICAL_APPROVER.to_string(),
+            self_approval: false,
+        }
+    }
+}
+
+/// Building the Cedar input failed. Only malformed values can cause it (Cedar
+/// rejects nothing Mandate's API admits), and the engine then denies: fail closed.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// An entity could not be built.
+    #[error("failed to build Cedar entity {uid}: {source}")]
+    Entity {
+        /// The entity.
+        uid: String,
+        /// Cedar's error.
+        #[source]
+        source: Box<cedar_policy::EntityAttrEvaluationError>,
+    },
+    /// The entity set was inconsistent.
+    #[error("failed to build the Cedar entity set: {0}")]
+    Entities(#[source] Box<cedar_policy::entities_errors::EntitiesError>),
+    /// The context could not be built.
+    #[error("failed to build the Cedar context: {0}")]
+    Context(#[source] Box<cedar_policy::ContextCreationError>),
+    /// The request did not fit the schema.
+    #[error("failed to build the Cedar request: {0}")]
+    Request(#[source] Box<cedar_policy::RequestValidationError>),
+}
+
+/// Cedar's view of one tool of a request: who, what, on which tool, with which
+/// entities. The context is built separately because the approval part of it varies
+/// between evaluations of the same tool.
+#[derive(Clone, Debug)]
+pub struct IssueInput {
+    /// `Mandate::Agent::"<namespace>/<name>"`.
+    pub principal: EntityUid,
+    /// `Mandate::Action::"issue"`.
+    pub action: EntityUid,
+    /// `Mandate::Tool::"<tool>"`.
+    pub resource: EntityUid,
+    /// The agent, its namespace, the requester, their groups and the tool.
+    pub entities: Entities,
+}
+
+/// Entity type names and the action, parsed once. They are constants; the
+/// `entity_types_parse` test proves it, so the `expect`s cannot fire.
+pub(crate) struct Names {
+    pub namespace: EntityTypeName,
+    pub group: EntityTypeName,
+    pub agent: EntityTypeName,
+    pub requester: EntityTypeName,
+    pub tool: EntityTypeName,
+    pub issue: EntityUid,
+}
+
+fn type_name(name: &str) -> EntityTypeName {
+    #[allow(clippy::expect_used)]
+    EntityTypeName::from_str(name).expect("constant entity type name parses")
+}
+
+pub(crate) static NAMES: LazyLock<Names> = LazyLock::new(|| Names {
+    namespace: type_name("Mandate::Namespace"),
+    group: type_name("Mandate::Group"),
+    agent: type_name("Mandate::Agent"),
+    requester: type_name("Mandate::Requester"),
+    tool: type_name("Mandate::Tool"),
+    issue: EntityUid::from_type_name_and_id(type_name("Mandate::Action"), EntityId::new("issue")),
+});
+
+fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+}
+
+fn string(s: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(s.to_string())
+}
+
+fn strings(items: &[String]) -> RestrictedExpression {
+    RestrictedExpression::new_set(items.iter().map(|s| string(s)))
+}
+
+fn entity(
+    uid: EntityUid,
+    attrs: Vec<(&str, RestrictedExpression)>,
+    parents: HashSet<EntityUid>,
+) -> Result<Entity, InputError> {
+    let attrs: HashMap<String, RestrictedExpression> = attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let display = uid.to_string();
+    Entity::new(uid, attrs, parents).map_err(|e| InputError::Entity {
+        uid: display,
+        source: Box::new(e),
+    })
+}
+
+impl IssueInput {
+    /// The principal, action, resource and entities for deciding `tool` of `req`.
+    pub fn new(req: &IssueRequest, tool: &ToolRequest) -> Result<Self, InputError> {
+        let n = &*NAMES;
+        let agent = &req.agent;
+        let namespace = uid(&n.namespace, &agent.namespace);
+        let principal = uid(&n.agent, &agent.entity_id());
+        let resource = uid(&n.tool, &tool.name);
+
+        // Groups are deduplicated: Cedar rejects an entity listed twice.
+        let groups: BTreeSet<&str> = req.requester.groups.iter().map(String::as_str).collect();
+        let group_uids: Vec<EntityUid> = groups.iter().map(|g| uid(&n.group, g)).collect();
+
+        let mut entities = Vec::with_capacity(4 + group_uids.len());
+        entities.push(entity(
+            principal.clone(),
+            vec![
+                ("name", string(&agent.name)),
+                ("namespace", string(&agent.namespace)),
+                ("owner", string(&agent.owner)),
+                ("spiffeId", string(&agent.spiffe_id)),
+                ("serviceAccount", string(&agent.service_account)),
+            ],
+            HashSet::from([namespace.clone()]),
+        )?);
+        entities.push(Entity::new_no_attrs(namespace, HashSet::new()));
+        entities.push(entity(
+            requester_uid(req),
+            vec![
+                ("username", string(&req.requester.username)),
+                ("uid", string(&req.requester.uid)),
+            ],
+            group_uids.iter().cloned().collect(),
+        )?);
+        entities.extend(group_uids.into_iter().map(|g| Entity::new_no_attrs(g, HashSet::new())));
+        entities.push(entity(
+            resource.clone(),
+            vec![
+                ("name", string(&tool.name)),
+                ("sensitivity", string(tool.sensitivity.as_str())),
+                (
+                    "sensitivityLevel",
+                    RestrictedExpression::new_long(tool.sensitivity.level()),
+                ),
+            ],
+            HashSet::new(),
+        )?);
+
+        // No schema here: the schema checks cost more than the decision, and the
+        // `input_conforms_to_the_schema` test holds this code to it instead.
+        let entities = Entities::from_entities(entities, None).map_err(|e| InputError::Entities(Box::new(e)))?;
+        Ok(IssueInput {
+            principal,
+            action: n.issue.clone(),
+            resource,
+            entities,
+        })
+    }
+
+    /// The Cedar request with the context for `tool` and the given approval.
+    pub fn request(
+        &self,
+        req: &IssueRequest,
+        tool: &ToolRequest,
+        approval: &ApprovalContext,
+    ) -> Result<Request, InputError> {
+        let context = issue_context(req, tool, approval)?;
+        Request::new(
+            self.principal.clone(),
+            self.action.clone(),
+            self.resource.clone(),
+            context,
+            None,
+        )
+        .map_err(|e| InputError::Request(Box::new(e)))
+    }
+}
+
+fn requester_uid(req: &IssueRequest) -> EntityUid {
+    uid(&NAMES.requester, &req.requester.username)
+}
+
+/// The `IssueContext` record of the schema for `tool` of `req`.
+pub fn issue_context(
+    req: &IssueRequest,
+    tool: &ToolRequest,
+    approval: &ApprovalContext,
+) -> Result<Context, InputError> {
+    let approval = RestrictedExpression::new_record([
+        (
+            "approved".to_string(),
+            RestrictedExpression::new_bool(approval.approved),
+        ),
+        ("approver".to_string(), string(&approval.approver)),
+        (
+            "selfApproval".to_string(),
+            RestrictedExpression::new_bool(approval.self_approval),
+        ),
+    ])
+    .map_err(|e| InputError::Context(Box::new(e.into())))?;
+    let pairs = [
+        ("namespace", string(&req.namespace)),
+        ("grant", string(&req.grant_name)),
+        ("purpose", string(&req.purpose)),
+        ("actions", strings(&tool.actions)),
+        ("destinations", strings(&tool.destinations)),
+        ("ttlSeconds", RestrictedExpression::new_long(req.ttl_seconds)),
+        ("dataSensitivity", string(req.data_sensitivity.as_str())),
+        (
+            "dataSensitivityLevel",
+            RestrictedExpression::new_long(req.data_sensitivity.level()),
+        ),
+        ("taskKind", string(&req.task_kind)),
+        ("taskName", string(&req.task_name)),
+        ("requester", RestrictedExpression::new_entity_uid(requester_uid(req))),
+        ("approval", approval),
+    ];
+    Context::from_pairs(pairs.into_iter().map(|(k, v)| (k.to_string(), v)))
+        .map_err(|e| InputError::Context(Box::new(e)))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use cedar_policy::EvalResult;
+
+    use super::*;
+
+    /// A realistic request: a payments agent asking for Stripe writes.
+    pub(crate) fn request() -> IssueRequest {
+        IssueRequest {
+            namespace: "team-payments".into(),
+            grant_name: "refund-run-42".into(),
+            generation: 3,
+            agent: AgentFacts {
+                name: "refunder".into(),
+                namespace: "team-payments".into(),
+                owner: "team-payments".into(),
+                spiffe_id: "spiffe://mandate.local/ns/team-payments/agent/refunder".into(),
+                service_account: "refunder".into(),
+            },
+            requester: UserInfo {
+                username: "alice@example.com".into(),
+                uid: "u-1".into(),
+                groups: vec![
+                    "payments-oncall".into(),
+                    "system:authenticated".into(),
+                    "payments-oncall".into(),
+                ],
+            },
+            tools: vec![ToolRequest {
+                name: "stripe".into(),
+                actions: vec!["read".into(), "refund".into()],
+                destinations: vec!["api.stripe.com".into()],
+                sensitivity: Sensitivity::Confidential,
+            }],
+            ttl_seconds: 900,
+            data_sensitivity: Sensitivity::Confidential,
+            purpose: "refund duplicate charges".into(),
+            task_kind: "Job".into(),
+            task_name: "refund-run-42".into(),
+            approval: None,
+        }
+    }
+
+    fn attr(e: &Entities, u: &EntityUid, name: &str) -> String {
+        match e.get(u).and_then(|e| e.attr(name)) {
+            Some(Ok(v)) => v.to_string(),
+            other => panic!("{u} has no attribute {name}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn entity_types_parse() {
+        assert_eq!(NAMES.issue.to_string(), r#"Mandate::Action::"issue""#);
+        assert_eq!(NAMES.tool.to_string(), "Mandate::Tool");
+    }
+
+    #[test]
+    fn entities_carry_ids_parents_and_attributes() {
+        let req = request();
+        let input = IssueInput::new(&req, &req.tools[0]).unwrap();
+        assert_eq!(
+            input.principal.to_string(),
+            r#"Mandate::Agent::"team-payments/refunder""#
+        );
+        assert_eq!(input.resource.to_string(), r#"Mandate::Tool::"stripe""#);
+        let e = &input.entities;
+
+        let ns: EntityUid = r#"Mandate::Namespace::"team-payments""#.parse().unwrap();
+        assert!(e.is_ancestor_of(&ns, &input.principal));
+        assert_eq!(attr(e, &input.principal, "owner"), "\"team-payments\"");
+        assert_eq!(attr(e, &input.principal, "namespace"), "\"team-payments\"");
+        assert_eq!(attr(e, &input.principal, "serviceAccount"), "\"refunder\"");
+        assert!(attr(e, &input.principal, "spiffeId").contains("/agent/refunder"));
+
+        let requester: EntityUid = r#"Mandate::Requester::"alice@example.com""#.parse().unwrap();
+        let oncall: EntityUid = r#"Mandate::Group::"payments-oncall""#.parse().unwrap();
+        assert!(e.is_ancestor_of(&oncall, &requester));
+        assert_eq!(attr(e, &requester, "uid"), "\"u-1\"");
+
+        assert_eq!(attr(e, &input.resource, "sensitivity"), "\"confidential\"");
+        assert_eq!(attr(e, &input.resource, "sensitivityLevel"), "2");
+        // Agent, namespace, requester, two distinct groups, tool.
+        assert_eq!(e.len(), 6);
+    }
+
+    #[test]
+    fn context_carries_the_tool_the_task_and_the_approval() {
+        let mut req = request();
+        req.approval = Some(ApprovalFacts {
+            name: "ok-1".into(),
+            approver: "alice@example.com".into(),
+        });
+        let ctx = issue_context(&req, &req.tools[0], &ApprovalContext::of(&req)).unwrap();
+        let get = |k: &str| ctx.get(k).unwrap_or_else(|| panic!("no {k}"));
+        assert_eq!(get("namespace"), EvalResult::String("team-payments".into()));
+        assert_eq!(get("grant"), EvalResult::String("refund-run-42".into()));
+        assert_eq!(get("ttlSeconds"), EvalResult::Long(900));
+        assert_eq!(get("dataSensitivityLevel"), EvalResult::Long(2));
+        assert_eq!(get("taskKind"), EvalResult::String("Job".into()));
+        assert_eq!(get("actions").to_string(), r#"["read", "refund"]"#);
+        assert_eq!(get("destinations").to_string(), r#"["api.stripe.com"]"#);
+        assert_eq!(
+            get("requester").to_string(),
+            r#"Mandate::Requester::"alice@example.com""#
+        );
+        let EvalResult::Record(approval) = get("approval") else {
+            panic!("approval is a record")
+        };
+        assert_eq!(approval.get("approved"), Some(&EvalResult::Bool(true)));
+        assert_eq!(approval.get("selfApproval"), Some(&EvalResult::Bool(true)));
+
+        let none = ApprovalContext::of(&request());
+        assert_eq!(
+            none,
+            ApprovalContext {
+                approved: false,
+                approver: String::new(),
+                self_approval: false
+            }
+        );
+        assert!(!ApprovalContext::hypothetical().self_approval);
+    }
+
+    #[test]
+    fn input_conforms_to_the_schema() {
+        // The hot path skips schema checks; this is what keeps it honest.
+        let schema = crate::policy::schema().unwrap();
+        let req = request();
+        let tool = &req.tools[0];
+        let input = IssueInput::new(&req, tool).unwrap();
+        let context = issue_context(&req, tool, &ApprovalContext::of(&req)).unwrap();
+        Request::new(
+            input.principal.clone(),
+            input.action.clone(),
+            input.resource.clone(),
+            context,
+            Some(schema),
+        )
+        .expect("request fits the schema");
+        Entities::from_entities(input.entities.iter().cloned(), Some(schema)).expect("entities fit the schema");
+    }
+
+    #[test]
+    fn tool_sensitivity_is_the_higher_of_ceiling_and_grant() {
+        let scope = |s: Option<Sensitivity>| ToolScope {
+            name: "db".into(),
+            actions: vec!["read".into()],
+            destinations: vec![],
+            sensitivity: s,
+        };
+        use Sensitivity::*;
+        let eff =
+            |g, c: Option<Option<Sensitivity>>| ToolRequest::from_scopes(&scope(g), c.map(scope).as_ref()).sensitivity;
+        assert_eq!(eff(None, None), Internal);
+        assert_eq!(eff(None, Some(Some(Restricted))), Restricted);
+        assert_eq!(eff(Some(Public), Some(Some(Confidential))), Confidential);
+        assert_eq!(eff(Some(Restricted), Some(Some(Public))), Restricted);
+        assert_eq!(eff(None, Some(Some(Public))), Public);
+        assert_eq!(eff(Some(Public), Some(None)), Internal);
+    }
+}
