@@ -10,4 +10,5 @@ mod support;
 mod controlplane;
 mod grants;
 mod identity;
+mod policy;
 mod threats;

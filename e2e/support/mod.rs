@@ -159,3 +159,16 @@ pub async fn agent_policy(ns: &TestNamespace, name: &str, mode: &str, text: &str
 /// Permits every issuance in `ns`: for tests about certificates, not policy.
 pub const PERMIT_ALL: &str = r#"@id("permit-all")
 permit (principal, action == Mandate::Action::"issue", resource);"#;
+
+/// A client acting as `user` (impersonated by the admin), in `system:masters` so RBAC
+/// does not get in the way: what the tests look at is who Mandate records.
+pub async fn client_as(user: &str) -> Client {
+    let path = kubeconfig_path();
+    let kc = Kubeconfig::read_from(&path).expect("kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig is usable");
+    config.auth_info.impersonate = Some(user.to_string());
+    config.auth_info.impersonate_groups = Some(vec!["system:masters".to_string()]);
+    Client::try_from(config).expect("client builds")
+}

@@ -14,6 +14,8 @@ pub struct Operator {
     child: Child,
     pub log: PathBuf,
     args: Vec<String>,
+    /// The loopback port its admission webhook serves on.
+    pub webhook_port: u16,
 }
 
 impl Operator {
@@ -34,7 +36,7 @@ impl Operator {
             "--metrics-listen=127.0.0.1:0".to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let op = Self::spawn(namespace, args, 0);
+        let op = Self::spawn(namespace, args, 0, port);
         op.wait_webhook(namespace).await;
         op
     }
@@ -78,7 +80,7 @@ impl Operator {
         );
     }
 
-    fn spawn(namespace: &str, args: Vec<String>, n: u32) -> Operator {
+    fn spawn(namespace: &str, args: Vec<String>, n: u32, webhook_port: u16) -> Operator {
         let dir = super::repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{namespace}-operator-{n}.log"));
@@ -97,7 +99,12 @@ impl Operator {
             .kill_on_drop(true)
             .spawn()
             .expect("mandate binary starts");
-        Operator { child, log, args }
+        Operator {
+            child,
+            log,
+            args,
+            webhook_port,
+        }
     }
 
     /// Kills the process at once (SIGKILL), as a crash would, and waits for it to exit.
@@ -116,7 +123,7 @@ impl Operator {
             .and_then(|n| n.parse::<u32>().ok())
             .unwrap_or(0)
             + 1;
-        *self = Self::spawn(namespace, self.args.clone(), n);
+        *self = Self::spawn(namespace, self.args.clone(), n, self.webhook_port);
         self.wait_webhook(namespace).await;
     }
 

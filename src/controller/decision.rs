@@ -10,7 +10,7 @@ use crate::{
         approval::{self, Pick, Verdict},
         grant::PolicyObs,
     },
-    policy::{AgentFacts, ApprovalFacts, IssueDecision, IssueRequest, Outcome, PolicyStore, ToolRequest},
+    policy::{AgentFacts, ApprovalFacts, IssueRequest, Outcome, PolicyStore, ToolRequest},
 };
 
 /// Everything the grant controller needs from policy.
@@ -145,9 +145,9 @@ pub fn evaluate(
     };
     let previous = grant.status.as_ref().and_then(|s| s.decision.as_ref());
     let generation = grant.metadata.generation.unwrap_or_default();
-    let (pick, verdicts) = approval::pick(grant, approvals, now);
-    let req = request(grant, identity, spiffe_id, &pick);
-    if let Pick::Denied { name, approver, reason } = &pick {
+    let (denied, approved, verdicts) = approval::candidates(grant, approvals, now);
+    if let Some(pick @ Pick::Denied { name, approver, reason }) = &denied {
+        let req = request(grant, identity, spiffe_id, pick);
         let why = if reason.is_empty() {
             String::new()
         } else {
@@ -169,12 +169,28 @@ pub fn evaluate(
                 },
             )),
             obs: PolicyObs::ApprovalDenied { message },
-            pick,
+            pick: pick.clone(),
             verdicts,
             audit_denials: vec![],
         };
     }
-    let decision: IssueDecision = store.decide_issue(&req);
+    // Each usable approval in turn (oldest first), until one satisfies the policy: a
+    // refused self-approval must not shadow a second person's approval after it.
+    let mut options = approved.into_iter();
+    let first = options.next().unwrap_or(Pick::None);
+    let req = request(grant, identity, spiffe_id, &first);
+    let mut best = (first, req.clone(), store.decide_issue(&req));
+    for option in options {
+        if best.2.outcome == Outcome::Allow {
+            break;
+        }
+        let r = request(grant, identity, spiffe_id, &option);
+        let d = store.decide_issue(&r);
+        if d.outcome < best.2.outcome {
+            best = (option, r, d);
+        }
+    }
+    let (pick, req, decision) = best;
     let message = decision.reasons.join("; ");
     let obs = match decision.outcome {
         Outcome::Allow => PolicyObs::Allow,

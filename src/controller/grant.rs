@@ -945,16 +945,21 @@ async fn settle_approvals(ctx: &Context, ns: &str, evaluated: &decision::Evaluat
         _ => None,
     };
     for v in &evaluated.verdicts {
-        let (state, message) = if Some(v.name.as_str()) == picked && v.state == "Pending" {
-            match (&evaluated.obs, plan) {
-                (PolicyObs::Allow, Plan::Issue { .. } | Plan::Hold { ready: true, .. }) => {
-                    ("Used", "the grant is issued under this approval".to_string())
-                }
-                (PolicyObs::RequireApproval { message }, _) => ("Refused", message.clone()),
-                _ => (v.state, v.message.clone()),
+        let issued = matches!(plan, Plan::Issue { .. } | Plan::Hold { ready: true, .. });
+        let (state, message) = match (&evaluated.obs, v.state) {
+            (PolicyObs::Allow, "Pending") if issued && Some(v.name.as_str()) == picked => {
+                ("Used", "the grant is issued under this approval".to_string())
             }
-        } else {
-            (v.state, v.message.clone())
+            (PolicyObs::Allow, "Pending") if issued => (
+                "Unused",
+                format!(
+                    "the grant is issued under ToolGrantApproval {}",
+                    picked.unwrap_or("(none needed)")
+                ),
+            ),
+            // Every usable approval was tried: none satisfies the policy.
+            (PolicyObs::RequireApproval { message }, "Pending") => ("Refused", message.clone()),
+            (_, state) => (state, v.message.clone()),
         };
         let current = ctx
             .approvals

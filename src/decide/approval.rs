@@ -50,6 +50,21 @@ fn created(a: &ToolGrantApproval) -> Timestamp {
 /// Chooses among `approvals` (any approvals in the grant's namespace) for `grant` at
 /// `now`, and says what each approval naming this grant amounts to.
 pub fn pick(grant: &ToolGrant, approvals: &[&ToolGrantApproval], now: Timestamp) -> (Pick, Vec<Verdict>) {
+    let (denied, approved, verdicts) = candidates(grant, approvals, now);
+    (
+        denied.or_else(|| approved.into_iter().next()).unwrap_or(Pick::None),
+        verdicts,
+    )
+}
+
+/// Every approval that could count, oldest first: a denial (which beats everything)
+/// and the usable approvals, for the caller to try in turn (policy may accept one
+/// approver and not another, for example not the requester).
+pub fn candidates(
+    grant: &ToolGrant,
+    approvals: &[&ToolGrantApproval],
+    now: Timestamp,
+) -> (Option<Pick>, Vec<Pick>, Vec<Verdict>) {
     let generation = grant.metadata.generation.unwrap_or_default();
     let used = grant.status.as_ref().and_then(|s| s.approval.as_ref());
     let mut mine: Vec<&ToolGrantApproval> = approvals
@@ -61,7 +76,7 @@ pub fn pick(grant: &ToolGrant, approvals: &[&ToolGrantApproval], now: Timestamp)
 
     let mut verdicts = vec![];
     let mut denied = None;
-    let mut approved = None;
+    let mut approved = vec![];
     for a in mine {
         let name = a.name_any();
         let verdict = |state: &'static str, message: String| Verdict {
@@ -107,24 +122,17 @@ pub fn pick(grant: &ToolGrant, approvals: &[&ToolGrantApproval], now: Timestamp)
                     verdicts.push(verdict("Expired", format!("not used before {expires}")));
                     continue;
                 }
-                if approved.is_none() {
-                    approved = Some(Pick::Approved {
-                        name: name.clone(),
-                        approver: approver.username.clone(),
-                        created: created(a),
-                    });
-                    // Settled by the controller once policy has seen it (Used or Refused).
-                    verdicts.push(verdict("Pending", "considered for this generation".into()));
-                } else {
-                    verdicts.push(verdict(
-                        "Pending",
-                        "another approval of this generation is considered first".into(),
-                    ));
-                }
+                approved.push(Pick::Approved {
+                    name: name.clone(),
+                    approver: approver.username.clone(),
+                    created: created(a),
+                });
+                // Settled by the controller once policy has seen it (Used or Refused).
+                verdicts.push(verdict("Pending", "considered for this generation".into()));
             }
         }
     }
-    (denied.or(approved).unwrap_or(Pick::None), verdicts)
+    (denied, approved, verdicts)
 }
 
 #[cfg(test)]
