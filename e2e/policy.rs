@@ -228,7 +228,7 @@ async fn audit_mode_reports_would_be_denials_without_denying() {
     let g = f.wait_phase("g", GrantPhase::Issued).await;
     let d = g.status.unwrap().decision.unwrap();
     let id = format!("{}-dry-run/no-writes", f.ns.name);
-    assert_eq!(d.audit_denials, [id.clone()]);
+    assert_eq!(d.audit_denials, std::slice::from_ref(&id));
     let policies: Api<AgentPolicy> = Api::all(f.ns.client.clone());
     let p = wait_for(
         &policies,
