@@ -61,13 +61,9 @@ cluster-down:
 run:
 	@if [ -z "$${KUBECONFIG:-}" ]; then $(CLUSTER) up; fi; \
 	export KUBECONFIG=$${KUBECONFIG:-$(LOCAL_KUBECONFIG)}; \
-	kubectl=$$(cat .cluster/bin 2>/dev/null || true); kubectl=$${kubectl:+$$kubectl/}kubectl; \
 	echo "using KUBECONFIG=$$KUBECONFIG"; \
 	$(CARGO) build --locked; \
-	$$kubectl apply --server-side -f crds/; \
-	$$kubectl wait --for condition=Established --timeout=60s -f crds/; \
-	$$kubectl apply --server-side -f examples/; \
-	exec target/debug/mandate run --webhook-listen=127.0.0.1:9443 --webhook-url=https://127.0.0.1:9443
+	exec hack/run.sh
 
 clean:
 	$(CARGO) clean
