@@ -226,6 +226,27 @@ async fn main() {
         .await;
     let rss_idle = memory_kib(pid, "VmRSS:");
 
+    // 0. What the API server alone sustains here: plain Secrets (not watched by the
+    // operator) created at the same concurrency. Every issuance needs at least four
+    // writes of this kind (the grant, its Secret, its status, an Event) plus two
+    // webhook calls, so this bounds the issuance rate on this machine.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = ns.api();
+    let t0 = Instant::now();
+    stream::iter(0..BURST)
+        .for_each_concurrent(CONCURRENCY, |i| {
+            let secrets = secrets.clone();
+            async move {
+                let s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+                    "metadata": { "name": format!("baseline-{i:04}") },
+                    "stringData": { "tls.crt": "x".repeat(700), "tls.key": "y".repeat(240) },
+                }))
+                .unwrap();
+                secrets.create(&PostParams::default(), &s).await.unwrap();
+            }
+        })
+        .await;
+    let baseline_rate = BURST as f64 / t0.elapsed().as_secs_f64();
+
     // 1. One grant at a time: creation to a Secret with a valid certificate.
     let mut create_to_secret = vec![];
     for n in &names[..SEQUENTIAL] {
@@ -293,6 +314,7 @@ async fn main() {
 
     let report = format!(
         "| measurement | n | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|\n{}\n{}\n{}\n\n\
+         - API server alone: {BURST} plain Secret creates at concurrency {CONCURRENCY} = **{baseline_rate:.0} writes/s**\n\
          - sustained issuance: {} grants in {:.2} s = **{:.0} grants/s** (concurrency {CONCURRENCY})\n\
          - burst revocation: {} tasks in {:.2} s = **{:.0} revocations/s**\n\
          - Secret deletion observed more than 50 ms before the CRL listing: {out_of_order} of {REVOKE_SEQUENTIAL}\n\

@@ -15,7 +15,14 @@ port=${MANDATE_WEBHOOK_PORT:-9443}
 target/debug/mandate run --webhook-listen="127.0.0.1:$port" --webhook-url="https://127.0.0.1:$port" \
   --metrics-listen=127.0.0.1:8080 "$@" &
 op=$!
-trap 'kill $op 2>/dev/null || true' INT TERM EXIT
+# The webhook configurations fail closed: left behind, they would refuse every grant
+# in the cluster until the operator is back. A local run removes them when it stops.
+cleanup() {
+  kill $op 2>/dev/null || true
+  "$kubectl" delete --ignore-not-found mutatingwebhookconfiguration mandate >/dev/null || true
+  "$kubectl" delete --ignore-not-found validatingwebhookconfiguration mandate >/dev/null || true
+}
+trap cleanup INT TERM EXIT
 probe='{"apiVersion":"mandate.dev/v1alpha1","kind":"ToolGrant","metadata":{"name":"webhook-probe","namespace":"default"},
  "spec":{"identityRef":{"name":"probe"},"taskRef":{"apiVersion":"v1","kind":"Pod","name":"probe"},
  "tools":[{"name":"probe","actions":["read"]}],"purpose":"webhook readiness probe"}}'

@@ -235,3 +235,99 @@ pub fn evaluate(
         audit_denials: decision.audit_denials,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Sensitivity;
+    use crate::policy::{AgentPolicyEntry, NamespaceMatcher, compile};
+    use serde_json::json;
+
+    fn grant(requester: Option<&str>) -> ToolGrant {
+        let mut spec = json!({
+            "identityRef": {"name": "bot"}, "taskRef": {"apiVersion": "batch/v1", "kind": "Job", "name": "work"},
+            "tools": [{"name": "github", "actions": ["write"], "destinations": ["api.github.com"]}],
+            "purpose": "fix", "dataSensitivity": "confidential",
+        });
+        if let Some(r) = requester {
+            spec["requester"] = json!({"username": r, "groups": ["devs"]});
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrant",
+            "metadata": {"name": "g", "namespace": "ns", "generation": 1}, "spec": spec
+        }))
+        .unwrap()
+    }
+
+    fn identity() -> AgentIdentity {
+        serde_json::from_value(json!({
+            "apiVersion": "mandate.dev/v1alpha1", "kind": "AgentIdentity",
+            "metadata": {"name": "bot", "namespace": "ns"},
+            "spec": {"owner": "team-a", "serviceAccountName": "sa", "maxTTL": "30m",
+                     "tools": [{"name": "github", "actions": ["read", "write"], "sensitivity": "restricted"}]}
+        }))
+        .unwrap()
+    }
+
+    fn store(text: &str) -> PolicyStore {
+        PolicyStore::new(vec![AgentPolicyEntry {
+            compiled: compile(text, "p"),
+            mode: crate::api::PolicyMode::Enforce,
+            namespaces: NamespaceMatcher::All,
+        }])
+    }
+
+    #[test]
+    fn the_request_carries_the_ceilings_classification_and_the_identitys_ttl() {
+        let req = request(&grant(Some("alice")), &identity(), "spiffe://td/ns/ns/agent/bot", &Pick::None);
+        assert_eq!(req.tools[0].sensitivity, Sensitivity::Restricted, "the ceiling's level wins");
+        assert_eq!(req.ttl_seconds, 1800, "no ttl on the grant: the identity's maxTTL");
+        assert_eq!(req.agent.owner, "team-a");
+        assert_eq!(req.requester.username, "alice");
+        assert_eq!(req.data_sensitivity, Sensitivity::Confidential);
+        let summary = inputs(&req);
+        assert_eq!(summary.tools, ["github:write"]);
+        assert_eq!(summary.sensitivity, Sensitivity::Restricted);
+        assert_eq!(summary.task, "Job/work");
+    }
+
+    #[test]
+    fn threat_6_no_recorded_requester_means_no_decision_at_all() {
+        let s = store(r#"permit (principal, action, resource);"#);
+        let e = evaluate(Some(&s), &grant(None), &identity(), "id", &[], Timestamp::now());
+        assert_eq!(e.obs, PolicyObs::MissingRequester);
+        assert!(e.record.is_none());
+    }
+
+    #[test]
+    fn threat_27_policies_not_loaded_is_loading_not_a_decision() {
+        let e = evaluate(None, &grant(Some("alice")), &identity(), "id", &[], Timestamp::now());
+        assert_eq!(e.obs, PolicyObs::Loading);
+    }
+
+    #[test]
+    fn an_unchanged_decision_keeps_its_id() {
+        let s = store(r#"@id("all") permit (principal, action, resource);"#);
+        let now = Timestamp::now();
+        let mut g = grant(Some("alice"));
+        let first = evaluate(Some(&s), &g, &identity(), "id", &[], now).record.unwrap();
+        assert_eq!(first.outcome, "Allow");
+        assert_eq!(first.policies, ["p/all"]);
+        g.status = Some(crate::api::ToolGrantStatus {
+            decision: Some(first.clone()),
+            ..Default::default()
+        });
+        let again = evaluate(Some(&s), &g, &identity(), "id", &[], now).record.unwrap();
+        assert_eq!(again.decision_id, first.decision_id);
+        g.metadata.generation = Some(2);
+        let changed = evaluate(Some(&s), &g, &identity(), "id", &[], now).record.unwrap();
+        assert_ne!(changed.decision_id, first.decision_id);
+    }
+
+    #[test]
+    fn threat_26_an_invalid_policy_is_reported_as_invalid_not_as_a_denial() {
+        let s = store("permit (principal, action, resource) when { principal.ownr == \"x\" };");
+        let e = evaluate(Some(&s), &grant(Some("alice")), &identity(), "id", &[], Timestamp::now());
+        assert!(matches!(e.obs, PolicyObs::Invalid { ref message } if message.contains("AgentPolicy p is invalid")), "{:?}", e.obs);
+    }
+}
