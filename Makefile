@@ -42,9 +42,11 @@ check-generated:
 e2e:
 	e2e/with-cluster.sh $(CARGO) test --locked --test e2e -- --test-threads=$${E2E_THREADS:-4}
 
-## make bench: issuance and revocation benchmarks on the local control plane; results
-## in target/bench/ (copied into docs/benchmarks.md by hand, with the machine noted).
+## make bench: policy decision latency (no cluster), then issuance and revocation on
+## the local control plane; results in target/bench/ (copied into docs/benchmarks.md
+## by hand, with the machine noted).
 bench:
+	$(CARGO) bench --locked --bench policy
 	e2e/with-cluster.sh $(CARGO) bench --locked --bench issuance
 
 controlplane:

@@ -31,7 +31,8 @@ pub struct AgentPolicySpec {
 
     /// Namespaces whose grants these policies apply to, by label (every namespace
     /// carries `kubernetes.io/metadata.name`). Absent or empty selects every namespace.
-    /// An invalid AgentPolicy blocks issuance in exactly the namespaces it selects.
+    /// An invalid Enforce AgentPolicy holds issuance in exactly the namespaces it selects
+    /// (an invalid Audit one only reports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
 
@@ -68,7 +69,7 @@ pub struct AgentPolicyStatus {
     pub policies: Vec<PolicySummary>,
 
     /// Parse and validation errors, each with its location in `spec.policies`. While
-    /// there are any, no grant in the selected namespaces is issued.
+    /// an Enforce policy has any, no grant in the selected namespaces is issued.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub errors: Vec<PolicyError>,

@@ -279,8 +279,17 @@ mod tests {
 
     #[test]
     fn the_request_carries_the_ceilings_classification_and_the_identitys_ttl() {
-        let req = request(&grant(Some("alice")), &identity(), "spiffe://td/ns/ns/agent/bot", &Pick::None);
-        assert_eq!(req.tools[0].sensitivity, Sensitivity::Restricted, "the ceiling's level wins");
+        let req = request(
+            &grant(Some("alice")),
+            &identity(),
+            "spiffe://td/ns/ns/agent/bot",
+            &Pick::None,
+        );
+        assert_eq!(
+            req.tools[0].sensitivity,
+            Sensitivity::Restricted,
+            "the ceiling's level wins"
+        );
         assert_eq!(req.ttl_seconds, 1800, "no ttl on the grant: the identity's maxTTL");
         assert_eq!(req.agent.owner, "team-a");
         assert_eq!(req.requester.username, "alice");
@@ -327,7 +336,18 @@ mod tests {
     #[test]
     fn threat_26_an_invalid_policy_is_reported_as_invalid_not_as_a_denial() {
         let s = store("permit (principal, action, resource) when { principal.ownr == \"x\" };");
-        let e = evaluate(Some(&s), &grant(Some("alice")), &identity(), "id", &[], Timestamp::now());
-        assert!(matches!(e.obs, PolicyObs::Invalid { ref message } if message.contains("AgentPolicy p is invalid")), "{:?}", e.obs);
+        let e = evaluate(
+            Some(&s),
+            &grant(Some("alice")),
+            &identity(),
+            "id",
+            &[],
+            Timestamp::now(),
+        );
+        assert!(
+            matches!(e.obs, PolicyObs::Invalid { ref message } if message.contains("AgentPolicy p is invalid")),
+            "{:?}",
+            e.obs
+        );
     }
 }

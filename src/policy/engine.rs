@@ -1,32 +1,28 @@
 //! The decision: may this grant be issued, and under which policies?
 //!
-//! A [`PolicyStore`] holds every compiled AgentPolicy, indexed by scope. It is
-//! immutable: the controller builds a new one whenever an AgentPolicy changes and
-//! swaps an `Arc`, so a decision never sees half an update. The only interior state
-//! is a cache of Cedar policy sets keyed by the candidate policies of a request,
-//! which cannot change a decision (the same candidates always make the same set).
+//! A [`PolicyStore`] holds every compiled AgentPolicy, indexed by scope, as small
+//! Cedar policy sets built once. It is immutable: the controller builds a new one
+//! whenever an AgentPolicy (or a namespace's labels) changes and swaps an `Arc`, so
+//! a decision never sees half an update and needs no lock.
+//!
+//! A decision evaluates, per tool, only the policy sets whose scope can match, and
+//! combines their answers with Cedar's own rule (allow iff some permit and no forbid
+//! is satisfied), which gives exactly the answer of one set holding them all.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock};
 
-use cedar_policy::{Authorizer, Decision, PolicySet, Response};
+use cedar_policy::{Authorizer, Decision, PolicySet, Request, Response};
 
 use super::compile::{Compiled, Effect};
-use super::index::{Scope, ScopeIndex};
-use super::input::{ApprovalContext, InputError, IssueInput, IssueRequest, ToolRequest};
+use super::index::{PrincipalScope, Scope, ScopeIndex};
+use super::input::{ApprovalContext, IssueInput, IssueRequest, ToolRequest};
 use crate::api::PolicyMode;
 
 /// The approver Mandate puts in `context.approval` to ask "would an approval by
 /// someone other than the requester lift this denial?". Not a valid Kubernetes
 /// username, so a policy cannot single it out by accident.
 pub const HYPOTHETICAL_APPROVER: &str = "<any approver other than the requester>";
-
-/// Policy sets kept for reuse. Distinct candidate sets are bounded by the shapes of
-/// the policies (namespaces x tools x agent-specific policies), not by traffic; the
-/// cap only guards memory against a pathological store, and the cache is simply
-/// emptied when it is reached.
-const POLICY_SET_CACHE_LIMIT: usize = 8192;
 
 /// Which namespaces an AgentPolicy selects. The controller resolves the label
 /// selector against the namespaces it watches and rebuilds the store when either
@@ -118,18 +114,25 @@ impl IssueDecision {
     }
 }
 
-/// A policy as the store keeps it.
+/// A policy as the store keeps it, for what Cedar's answers do not say.
 #[derive(Debug)]
 struct StoredPolicy {
-    policy: cedar_policy::Policy,
-    qualified_id: String,
     requires_approval: bool,
-    /// Index into `PolicyStore::agent_policies`.
-    owner: usize,
     audit: bool,
 }
 
-/// A name, and why it cannot be used.
+/// Policies evaluated together: one Cedar policy set, all Enforce or all Audit, all
+/// selected by the same namespaces.
+#[derive(Debug)]
+struct Group {
+    /// Index into `PolicyStore::matchers`; `None` when the group's namespace
+    /// selection was settled when the store was built.
+    matcher: Option<usize>,
+    audit: bool,
+    set: PolicySet,
+}
+
+/// An AgentPolicy that cannot be used, and why.
 #[derive(Debug)]
 struct Invalid {
     name: String,
@@ -138,19 +141,27 @@ struct Invalid {
     problem: String,
 }
 
-/// Every AgentPolicy, compiled and indexed. Immutable once built.
+/// Every AgentPolicy, compiled and indexed. Immutable once built; cheap to share
+/// behind an `Arc`.
 #[derive(Debug)]
 pub struct PolicyStore {
-    namespaces: Vec<NamespaceMatcher>,
-    policies: Vec<StoredPolicy>,
-    by_id: HashMap<String, u32>,
-    index: ScopeIndex,
+    /// Distinct namespace selections of the valid AgentPolicies.
+    matchers: Vec<NamespaceMatcher>,
+    /// By qualified id.
+    policies: HashMap<String, StoredPolicy>,
+    /// Policy sets by scope: what `decide_issue` evaluates.
+    index: ScopeIndex<Vec<Group>>,
+    /// One group per valid AgentPolicy and mode: what `decide_issue_evaluating_all`
+    /// evaluates.
+    owners: Vec<Group>,
     invalid: Vec<Invalid>,
+    /// Set if Cedar refused to assemble a policy set (it cannot, given unique ids;
+    /// but if it did, every decision denies rather than evaluate a partial set).
+    broken: Option<String>,
     authorizer: Authorizer,
-    sets: RwLock<HashMap<Vec<u32>, Arc<PolicySet>>>,
 }
 
-/// How candidates are chosen: through the scope index, or every policy of the
+/// How policies are chosen: through the scope index, or every policy of the
 /// selected AgentPolicies (the reference the index is tested and benchmarked against).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Selection {
@@ -158,7 +169,7 @@ enum Selection {
     All,
 }
 
-/// One tool's verdict under one policy set.
+/// One tool's verdict.
 #[derive(Debug, PartialEq, Eq)]
 enum ToolVerdict {
     Allow {
@@ -193,6 +204,42 @@ impl ToolVerdict {
     }
 }
 
+/// What a set of policy groups said about one request: the satisfied permits and
+/// forbids, and the errors. Cedar's decision over the union of the groups follows
+/// from it (allow iff some permit and no forbid), which is what lets the store
+/// evaluate small groups instead of one set per request.
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    permits: BTreeSet<String>,
+    forbids: BTreeSet<String>,
+    /// `(policy id, error)`.
+    errors: BTreeSet<(String, String)>,
+}
+
+impl Tally {
+    fn add(&mut self, response: &Response) {
+        // Cedar's reasons are the satisfied forbids when any forbid is satisfied,
+        // otherwise the satisfied permits. A group denied by a forbid may hide
+        // satisfied permits, but then the union is denied anyway.
+        let reasons = response.diagnostics().reason().map(|id| id.to_string());
+        match response.decision() {
+            Decision::Allow => self.permits.extend(reasons),
+            Decision::Deny => self.forbids.extend(reasons),
+        }
+        for cedar_policy::AuthorizationError::PolicyEvaluationError(e) in response.diagnostics().errors() {
+            self.errors.insert((e.policy_id().to_string(), e.inner().to_string()));
+        }
+    }
+
+    fn union(&self, other: &Tally) -> Tally {
+        let mut t = self.clone();
+        t.permits.extend(other.permits.iter().cloned());
+        t.forbids.extend(other.forbids.iter().cloned());
+        t.errors.extend(other.errors.iter().cloned());
+        t
+    }
+}
+
 fn ids(ids: impl Iterator<Item = impl AsRef<str>>) -> Vec<String> {
     let mut v: Vec<String> = ids.map(|i| i.as_ref().to_string()).collect();
     v.sort();
@@ -204,40 +251,168 @@ fn quoted(ids: &[String]) -> String {
     ids.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
 }
 
+/// The groups of one tool's decision, and their tallies, computed on demand: most
+/// decisions never need the hypothetical approval or the Audit groups.
+struct ToolEval<'a> {
+    store: &'a PolicyStore,
+    req: &'a IssueRequest,
+    tool: &'a ToolRequest,
+    input: &'a IssueInput,
+    enforce: Vec<&'a PolicySet>,
+    audit: Vec<&'a PolicySet>,
+    /// (actual approval, hypothetical approval) requests, built once each.
+    requests: [Option<Result<Request, String>>; 2],
+    /// Tallies by [enforce, audit] x [actual, hypothetical].
+    tallies: [[Option<Tally>; 2]; 2],
+}
+
+impl<'a> ToolEval<'a> {
+    fn tally(&mut self, audit: bool, hypothetical: bool) -> Result<&Tally, String> {
+        let (m, a) = (usize::from(audit), usize::from(hypothetical));
+        if self.tallies[m][a].is_none() {
+            let request = self.requests[a].get_or_insert_with(|| {
+                let approval = if hypothetical {
+                    ApprovalContext::hypothetical()
+                } else {
+                    ApprovalContext::of(self.req)
+                };
+                self.input
+                    .request(self.req, self.tool, &approval)
+                    .map_err(|e| format!("tool {}: {e}", self.tool.name))
+            });
+            let request = request.as_ref().map_err(Clone::clone)?;
+            let mut tally = Tally::default();
+            let sets = if audit { &self.audit } else { &self.enforce };
+            for set in sets {
+                tally.add(&self.store.authorizer.is_authorized(request, set, &self.input.entities));
+            }
+            self.tallies[m][a] = Some(tally);
+        }
+        Ok(self.tallies[m][a].get_or_insert_with(Tally::default))
+    }
+
+    /// The Enforce tally, or Enforce and Audit together.
+    fn combined(&mut self, with_audit: bool, hypothetical: bool) -> Result<Tally, String> {
+        let enforce = self.tally(false, hypothetical)?.clone();
+        if !with_audit {
+            return Ok(enforce);
+        }
+        Ok(enforce.union(self.tally(true, hypothetical)?))
+    }
+
+    /// Decide the tool under the Enforce policies, or (`with_audit`) under Enforce
+    /// and Audit policies as if all were enforced.
+    fn verdict(&mut self, with_audit: bool) -> ToolVerdict {
+        let agent = self.req.agent.entity_id();
+        let t = self.tool.name.clone();
+        let deny = |reason: String| ToolVerdict::Deny {
+            policies: vec![],
+            reasons: vec![reason],
+            errors: vec![],
+        };
+        let actual = match self.combined(with_audit, false) {
+            Ok(tally) => tally,
+            Err(e) => return deny(e),
+        };
+        if let Some(failed) = failure(&actual, &t) {
+            return failed;
+        }
+        if actual.forbids.is_empty() {
+            return if actual.permits.is_empty() {
+                default_deny(&t, &agent)
+            } else {
+                ToolVerdict::Allow {
+                    permits: actual.permits.into_iter().collect(),
+                }
+            };
+        }
+
+        let (approval, plain): (Vec<String>, Vec<String>) =
+            actual.forbids.into_iter().partition(|id| self.store.needs_approval(id));
+        if !plain.is_empty() {
+            let mut reasons = vec![format!(
+                "{} forbid `issue` of tool {t} for agent {agent}",
+                quoted(&plain)
+            )];
+            if !approval.is_empty() {
+                reasons.push(format!("{} would also require an approval", quoted(&approval)));
+            }
+            return ToolVerdict::Deny {
+                policies: ids(plain.iter().chain(&approval)),
+                reasons,
+                errors: vec![],
+            };
+        }
+
+        // Only approval forbids deny. Would an approval by someone other than the
+        // requester lift them, with nothing else standing in the way?
+        let lifted = match self.combined(with_audit, true) {
+            Ok(tally) => tally,
+            Err(e) => return deny(e),
+        };
+        if let Some(failed) = failure(&lifted, &t) {
+            return failed;
+        }
+        if !lifted.forbids.is_empty() || lifted.permits.is_empty() {
+            let others: Vec<String> = lifted.forbids.into_iter().collect();
+            let reason = if others.is_empty() {
+                format!(
+                    "{} require an approval for tool {t}, but even with one no policy permits `issue` of it for agent {agent}",
+                    quoted(&approval)
+                )
+            } else {
+                format!(
+                    "{} forbid `issue` of tool {t} for agent {agent} even with an approval",
+                    quoted(&others)
+                )
+            };
+            return ToolVerdict::Deny {
+                policies: ids(approval.iter().chain(&others)),
+                reasons: vec![reason],
+                errors: vec![],
+            };
+        }
+        let mut reasons = vec![format!(
+            "{} require an approval of `issue` of tool {t} for agent {agent}",
+            quoted(&approval)
+        )];
+        if let Some(present) = &self.req.approval {
+            let why = if present.approver == self.req.requester.username {
+                " (self-approval: the approver is the requester)"
+            } else {
+                ""
+            };
+            reasons.push(format!(
+                "the present approval {} by {} does not satisfy {}{why}",
+                present.name,
+                present.approver,
+                quoted(&approval)
+            ));
+        }
+        ToolVerdict::RequireApproval {
+            forbids: approval,
+            reasons,
+        }
+    }
+}
+
 impl PolicyStore {
     /// Index `entries`. An AgentPolicy with compile errors takes no part in decisions
     /// except to deny every grant in the namespaces it selects (Enforce only; see
     /// `decide_issue`). Two entries with the same name make the later one invalid.
     pub fn new(entries: Vec<AgentPolicyEntry>) -> Self {
-        let mut store = PolicyStore {
-            namespaces: Vec::with_capacity(entries.len()),
-            policies: Vec::new(),
-            by_id: HashMap::new(),
-            index: ScopeIndex::default(),
-            invalid: Vec::new(),
-            authorizer: Authorizer::new(),
-            sets: RwLock::new(HashMap::new()),
-        };
+        let mut matchers: Vec<NamespaceMatcher> = Vec::new();
+        let mut policies = HashMap::new();
+        let mut invalid = Vec::new();
+        // Everything a leaf or an owner group needs, by policy number.
+        let mut all: Vec<(cedar_policy::Policy, usize, bool)> = Vec::new();
+        let mut owners: Vec<(usize, bool, Vec<u32>)> = Vec::new();
+        let mut index = ScopeIndex::<Vec<u32>>::default();
         let mut seen = BTreeSet::new();
         for entry in entries {
             let name = entry.compiled.name.clone();
-            let problem = if !seen.insert(name.clone()) {
-                Some("another AgentPolicy has the same name".to_string())
-            } else if let Some(first) = entry.compiled.errors.first() {
-                let at = match (first.line, first.column) {
-                    (Some(l), Some(c)) => format!(" at line {l}, column {c}"),
-                    _ => String::new(),
-                };
-                let more = match entry.compiled.errors.len() {
-                    1 => String::new(),
-                    n => format!(" (and {} more errors)", n - 1),
-                };
-                Some(format!("{}{at}{more}", first.message))
-            } else {
-                None
-            };
-            if let Some(problem) = problem {
-                store.invalid.push(Invalid {
+            if let Some(problem) = problem(&entry, seen.insert(name.clone())) {
+                invalid.push(Invalid {
                     name,
                     mode: entry.mode,
                     namespaces: entry.namespaces,
@@ -245,24 +420,76 @@ impl PolicyStore {
                 });
                 continue;
             }
-            let owner = store.namespaces.len();
-            store.namespaces.push(entry.namespaces);
+            let matcher = match matchers.iter().position(|m| *m == entry.namespaces) {
+                Some(i) => i,
+                None => {
+                    matchers.push(entry.namespaces);
+                    matchers.len() - 1
+                }
+            };
+            let audit = entry.mode == PolicyMode::Audit;
+            let mut numbers = Vec::new();
             for p in entry.compiled.policies {
-                let Ok(n) = u32::try_from(store.policies.len()) else {
-                    break;
-                };
-                store.index.insert(&Scope::of(&p.policy), n);
-                store.by_id.insert(p.qualified_id.clone(), n);
-                store.policies.push(StoredPolicy {
-                    requires_approval: p.requires_approval && p.effect == Effect::Forbid,
-                    policy: p.policy,
-                    qualified_id: p.qualified_id,
-                    owner,
-                    audit: entry.mode == PolicyMode::Audit,
-                });
+                let Ok(n) = u32::try_from(all.len()) else { break };
+                index.insert(&Scope::of(&p.policy), n);
+                numbers.push(n);
+                let requires_approval = p.requires_approval && p.effect == Effect::Forbid;
+                policies.insert(
+                    p.qualified_id,
+                    StoredPolicy {
+                        requires_approval,
+                        audit,
+                    },
+                );
+                all.push((p.policy, matcher, audit));
             }
+            owners.push((matcher, audit, numbers));
         }
-        store
+
+        let mut broken = None;
+        let mut group = |numbers: Vec<u32>, matcher: Option<usize>, audit: bool| {
+            let set = PolicySet::from_policies(numbers.iter().map(|&n| all[n as usize].0.clone()));
+            match set {
+                Ok(set) => Some(Group { matcher, audit, set }),
+                Err(e) => {
+                    broken.get_or_insert(format!("failed to assemble a Cedar policy set: {e}"));
+                    None
+                }
+            }
+        };
+        let owner_groups: Vec<Group> = owners
+            .into_iter()
+            .filter_map(|(matcher, audit, numbers)| group(numbers, Some(matcher), audit))
+            .collect();
+        let index = index.map(|principal, numbers| {
+            // Split each leaf by mode and namespace selection. A leaf scoped to one
+            // namespace knows already which AgentPolicies select it, so it needs
+            // no check per request and fewer, larger groups.
+            let mut split: BTreeMap<(Option<usize>, bool), Vec<u32>> = BTreeMap::new();
+            for n in numbers {
+                let (_, matcher, audit) = &all[n as usize];
+                let key = match principal {
+                    PrincipalScope::Namespace(ns) if !matchers[*matcher].applies_to(ns) => continue,
+                    PrincipalScope::Namespace(_) => None,
+                    _ => Some(*matcher),
+                };
+                split.entry((key, *audit)).or_default().push(n);
+            }
+            split
+                .into_iter()
+                .filter_map(|((matcher, audit), numbers)| group(numbers, matcher, audit))
+                .collect()
+        });
+
+        PolicyStore {
+            matchers,
+            policies,
+            index,
+            owners: owner_groups,
+            invalid,
+            broken,
+            authorizer: Authorizer::new(),
+        }
     }
 
     /// The problem of an invalid Enforce AgentPolicy selecting `namespace`, if any: the
@@ -305,6 +532,9 @@ impl PolicyStore {
 
     fn decide(&self, req: &IssueRequest, selection: Selection) -> IssueDecision {
         let mut evaluation_errors = Vec::new();
+        if let Some(broken) = &self.broken {
+            return IssueDecision::deny(broken.clone());
+        }
         for bad in self.invalid.iter().filter(|b| b.namespaces.applies_to(&req.namespace)) {
             match bad.mode {
                 PolicyMode::Enforce => {
@@ -324,45 +554,41 @@ impl PolicyStore {
         if req.tools.is_empty() {
             return IssueDecision::deny("the grant names no tools".to_string());
         }
+        // Policies see the agent in its namespace, AgentPolicies select by the grant's;
+        // they are the same for every grant the API admits (identityRef is local).
+        if req.agent.namespace != req.namespace {
+            return IssueDecision::deny(format!(
+                "agent {} is not in the grant's namespace {}",
+                req.agent.entity_id(),
+                req.namespace
+            ));
+        }
+        let input = match IssueInput::new(req) {
+            Ok(input) => input,
+            Err(e) => return IssueDecision::deny(e.to_string()),
+        };
 
         let agent = req.agent.entity_id();
-        let mut verdicts = Vec::with_capacity(req.tools.len());
+        let mut evals: Vec<(ToolEval<'_>, ToolVerdict)> = Vec::with_capacity(req.tools.len());
         for tool in &req.tools {
-            let candidates = self.candidates(req, &agent, tool, selection);
-            let enforce: Vec<u32> = candidates
-                .iter()
-                .copied()
-                .filter(|&i| !self.policies[i as usize].audit)
-                .collect();
-            let has_audit = enforce.len() != candidates.len();
-            let (verdict, input) = match IssueInput::new(req, tool) {
-                Ok(input) => (self.verdict(&enforce, req, tool, &input), Some(input)),
-                Err(e) => (input_failure(tool, &e), None),
-            };
+            let mut eval = self.tool_eval(req, tool, &input, &agent, selection);
+            let verdict = eval.verdict(false);
             if let ToolVerdict::Deny { errors, .. } = &verdict {
                 evaluation_errors.extend(errors.iter().cloned());
             }
-            let audit = match (has_audit, input) {
-                (true, Some(input)) => Some((candidates, input)),
-                _ => None,
-            };
-            verdicts.push((tool, verdict, audit));
+            evals.push((eval, verdict));
         }
 
-        let outcome = verdicts
-            .iter()
-            .map(|(_, v, _)| v.outcome())
-            .max()
-            .unwrap_or(Outcome::Deny);
+        let outcome = evals.iter().map(|(_, v)| v.outcome()).max().unwrap_or(Outcome::Deny);
         let mut policies = BTreeSet::new();
         let mut reasons = Vec::new();
-        for (tool, verdict, _) in verdicts.iter().filter(|(_, v, _)| v.outcome() == outcome) {
+        for (eval, verdict) in evals.iter().filter(|(_, v)| v.outcome() == outcome) {
             policies.extend(verdict.policies().iter().cloned());
             match verdict {
                 ToolVerdict::Allow { permits } => reasons.push(format!(
                     "{} permit `issue` of tool {} for agent {agent}",
                     quoted(permits),
-                    tool.name
+                    eval.tool.name
                 )),
                 ToolVerdict::RequireApproval { reasons: r, .. } | ToolVerdict::Deny { reasons: r, .. } => {
                     reasons.extend(r.iter().cloned())
@@ -370,36 +596,28 @@ impl PolicyStore {
             }
         }
 
-        // Audit: evaluate Enforce and Audit policies together, as if all were
-        // enforced, and report the Audit policies that would make it stricter.
+        // Audit: Enforce and Audit policies together, as if all were enforced; report
+        // the Audit policies that would make the outcome stricter.
         let mut audit_denials = BTreeSet::new();
         if outcome != Outcome::Deny {
-            for (tool, verdict, candidates) in &verdicts {
-                let Some((all, input)) = candidates else { continue };
-                let union = self.verdict(all, req, tool, input);
+            for (eval, verdict) in evals.iter_mut().filter(|(e, _)| !e.audit.is_empty()) {
+                let union = eval.verdict(true);
                 if union.outcome() <= verdict.outcome() {
                     continue;
                 }
                 if let ToolVerdict::Deny { errors, .. } = &union {
                     evaluation_errors.extend(errors.iter().map(|e| format!("audit {e}")));
                 }
-                let audit_ids: Vec<String> = union
+                let audit_ids = union
                     .policies()
                     .iter()
-                    .filter(|id| self.by_id.get(*id).is_some_and(|&i| self.policies[i as usize].audit))
-                    .cloned()
-                    .collect();
-                if audit_ids.is_empty() {
+                    .filter(|id| self.policies.get(*id).is_some_and(|p| p.audit));
+                let before = audit_denials.len();
+                audit_denials.extend(audit_ids.cloned());
+                if audit_denials.len() == before && union.policies().is_empty() {
                     // Unreachable in Cedar's semantics (only an Audit policy can make
                     // the union stricter), but never report a stricter union silently.
-                    audit_denials.extend(
-                        all.iter()
-                            .map(|&i| &self.policies[i as usize])
-                            .filter(|p| p.audit)
-                            .map(|p| p.qualified_id.clone()),
-                    );
-                } else {
-                    audit_denials.extend(audit_ids);
+                    audit_denials.insert(format!("(audit default deny of tool {})", eval.tool.name));
                 }
             }
         }
@@ -415,152 +633,60 @@ impl PolicyStore {
         }
     }
 
-    /// The policies that can apply to `tool` of `req`, sorted: of AgentPolicies
+    /// The policy groups that can apply to `tool` of `req`: of AgentPolicies
     /// selecting the namespace, and (when indexed) whose scope can match.
-    fn candidates(&self, req: &IssueRequest, agent: &str, tool: &ToolRequest, selection: Selection) -> Vec<u32> {
-        let selected = |i: &u32| self.namespaces[self.policies[*i as usize].owner].applies_to(&req.namespace);
-        match selection {
-            Selection::Indexed => {
-                let mut c = self.index.candidates("issue", &req.agent.namespace, agent, &tool.name);
-                c.retain(selected);
-                c
-            }
-            Selection::All => (0..self.policies.len() as u32).filter(selected).collect(),
-        }
-    }
-
-    /// The Cedar policy set of `candidates`, built once per distinct candidate list.
-    fn policy_set(&self, candidates: &[u32]) -> Result<Arc<PolicySet>, String> {
-        if let Some(set) = self.sets.read().unwrap_or_else(PoisonError::into_inner).get(candidates) {
-            return Ok(set.clone());
-        }
-        let set = PolicySet::from_policies(candidates.iter().map(|&i| self.policies[i as usize].policy.clone()))
-            .map_err(|e| format!("failed to assemble the policy set: {e}"))?;
-        let set = Arc::new(set);
-        let mut sets = self.sets.write().unwrap_or_else(PoisonError::into_inner);
-        if sets.len() >= POLICY_SET_CACHE_LIMIT {
-            sets.clear();
-        }
-        sets.insert(candidates.to_vec(), set.clone());
-        Ok(set)
-    }
-
-    fn evaluate(
-        &self,
-        set: &PolicySet,
-        req: &IssueRequest,
-        tool: &ToolRequest,
-        input: &IssueInput,
-        approval: &ApprovalContext,
-    ) -> Result<Response, InputError> {
-        let request = input.request(req, tool, approval)?;
-        Ok(self.authorizer.is_authorized(&request, set, &input.entities))
-    }
-
-    /// Decide one tool under the policies `candidates`.
-    fn verdict(&self, candidates: &[u32], req: &IssueRequest, tool: &ToolRequest, input: &IssueInput) -> ToolVerdict {
-        let agent = req.agent.entity_id();
-        let t = &tool.name;
-        if candidates.is_empty() {
-            return default_deny(t, &agent);
-        }
-        let set = match self.policy_set(candidates) {
-            Ok(set) => set,
-            Err(e) => {
-                return ToolVerdict::Deny {
-                    policies: vec![],
-                    reasons: vec![e],
-                    errors: vec![],
-                };
-            }
+    fn tool_eval<'a>(
+        &'a self,
+        req: &'a IssueRequest,
+        tool: &'a ToolRequest,
+        input: &'a IssueInput,
+        agent: &str,
+        selection: Selection,
+    ) -> ToolEval<'a> {
+        let selected = |g: &&Group| g.matcher.is_none_or(|m| self.matchers[m].applies_to(&req.namespace));
+        let groups: Vec<&Group> = match selection {
+            Selection::Indexed => self
+                .index
+                .leaves("issue", &req.namespace, agent, &tool.name)
+                .into_iter()
+                .flatten()
+                .filter(selected)
+                .collect(),
+            Selection::All => self.owners.iter().filter(selected).collect(),
         };
-        let response = match self.evaluate(&set, req, tool, input, &ApprovalContext::of(req)) {
-            Ok(r) => r,
-            Err(e) => return input_failure(tool, &e),
-        };
-        if let Some(failed) = failure(&response, t) {
-            return failed;
-        }
-        let determining = ids(response.diagnostics().reason());
-        match response.decision() {
-            Decision::Allow => return ToolVerdict::Allow { permits: determining },
-            Decision::Deny if determining.is_empty() => return default_deny(t, &agent),
-            Decision::Deny => {}
-        }
-
-        let (approval, plain): (Vec<String>, Vec<String>) =
-            determining.into_iter().partition(|id| self.needs_approval(id));
-        if !plain.is_empty() {
-            let mut reasons = vec![format!(
-                "{} forbid `issue` of tool {t} for agent {agent}",
-                quoted(&plain)
-            )];
-            if !approval.is_empty() {
-                reasons.push(format!("{} would also require an approval", quoted(&approval)));
-            }
-            return ToolVerdict::Deny {
-                policies: ids(plain.iter().chain(&approval)),
-                reasons,
-                errors: vec![],
-            };
-        }
-
-        // Only approval forbids deny. Would an approval by someone other than the
-        // requester lift them (and nothing else stand in the way)?
-        let lifted = match self.evaluate(&set, req, tool, input, &ApprovalContext::hypothetical()) {
-            Ok(r) => r,
-            Err(e) => return input_failure(tool, &e),
-        };
-        if let Some(failed) = failure(&lifted, t) {
-            return failed;
-        }
-        if lifted.decision() == Decision::Deny {
-            let others = ids(lifted.diagnostics().reason());
-            let reason = if others.is_empty() {
-                format!(
-                    "{} require an approval for tool {t}, but even with one no policy permits `issue` of it for agent {agent}",
-                    quoted(&approval)
-                )
-            } else {
-                format!(
-                    "{} forbid `issue` of tool {t} for agent {agent} even with an approval",
-                    quoted(&others)
-                )
-            };
-            return ToolVerdict::Deny {
-                policies: ids(approval.iter().chain(&others)),
-                reasons: vec![reason],
-                errors: vec![],
-            };
-        }
-        let mut reasons = vec![format!(
-            "{} require an approval of `issue` of tool {t} for agent {agent}",
-            quoted(&approval)
-        )];
-        if let Some(present) = &req.approval {
-            let why = if present.approver == req.requester.username {
-                " (self-approval: the approver is the requester)"
-            } else {
-                ""
-            };
-            reasons.push(format!(
-                "the present approval {} by {} does not satisfy {}{why}",
-                present.name,
-                present.approver,
-                quoted(&approval)
-            ));
-        }
-        ToolVerdict::RequireApproval {
-            forbids: approval,
-            reasons,
+        let (audit, enforce): (Vec<&Group>, Vec<&Group>) = groups.into_iter().partition(|g| g.audit);
+        ToolEval {
+            store: self,
+            req,
+            tool,
+            input,
+            enforce: enforce.into_iter().map(|g| &g.set).collect(),
+            audit: audit.into_iter().map(|g| &g.set).collect(),
+            requests: [None, None],
+            tallies: [[None, None], [None, None]],
         }
     }
 
     fn needs_approval(&self, id: &str) -> bool {
-        self.by_id
-            .get(id)
-            .is_some_and(|&i| self.policies[i as usize].requires_approval)
+        self.policies.get(id).is_some_and(|p| p.requires_approval)
     }
+}
+
+/// Why an entry cannot be used, if it cannot.
+fn problem(entry: &AgentPolicyEntry, first_of_its_name: bool) -> Option<String> {
+    if !first_of_its_name {
+        return Some("another AgentPolicy has the same name".to_string());
+    }
+    let first = entry.compiled.errors.first()?;
+    let at = match (first.line, first.column) {
+        (Some(l), Some(c)) => format!(" at line {l}, column {c}"),
+        _ => String::new(),
+    };
+    let more = match entry.compiled.errors.len() {
+        1 => String::new(),
+        n => format!(" (and {} more errors)", n - 1),
+    };
+    Some(format!("{}{at}{more}", first.message))
 }
 
 fn default_deny(tool: &str, agent: &str) -> ToolVerdict {
@@ -571,32 +697,15 @@ fn default_deny(tool: &str, agent: &str) -> ToolVerdict {
     }
 }
 
-fn input_failure(tool: &ToolRequest, e: &InputError) -> ToolVerdict {
-    ToolVerdict::Deny {
-        policies: vec![],
-        reasons: vec![format!("tool {}: {e}", tool.name)],
-        errors: vec![],
-    }
-}
-
 /// Any evaluation error is a Deny naming the failing policies. Cedar itself skips a
 /// policy that errors, so a `forbid` that errors would otherwise silently let the
 /// request through.
-fn failure(response: &Response, tool: &str) -> Option<ToolVerdict> {
-    let errors: Vec<(String, String)> = response
-        .diagnostics()
-        .errors()
-        .map(|e| match e {
-            cedar_policy::AuthorizationError::PolicyEvaluationError(pe) => {
-                (pe.policy_id().to_string(), pe.inner().to_string())
-            }
-        })
-        .collect();
-    if errors.is_empty() {
+fn failure(tally: &Tally, tool: &str) -> Option<ToolVerdict> {
+    if tally.errors.is_empty() {
         return None;
     }
-    let policies = ids(errors.iter().map(|(id, _)| id));
-    let errors: Vec<String> = errors.iter().map(|(id, e)| format!("{id}: {e}")).collect();
+    let policies = ids(tally.errors.iter().map(|(id, _)| id));
+    let errors: Vec<String> = tally.errors.iter().map(|(id, e)| format!("{id}: {e}")).collect();
     let reasons = errors
         .iter()
         .map(|e| format!("evaluating policy {e} failed for tool {tool}; failing closed"))
@@ -741,6 +850,12 @@ unless { context.approval.approved && !context.approval.selfApproval };
             d.reasons
         );
         assert!(d.reasons[0].contains("line 1"), "{:?}", d.reasons);
+        assert!(
+            store
+                .invalid_for("team-payments")
+                .is_some_and(|m| m.starts_with("AgentPolicy broken is invalid"))
+        );
+        assert_eq!(store.invalid_for("team-support"), None);
 
         let store = PolicyStore::new(vec![enforce("base", PERMIT_PAYMENTS), broken("team-support")]);
         assert_eq!(store.decide_issue(&request()).outcome, Outcome::Allow);

@@ -84,87 +84,156 @@ impl Scope {
     }
 }
 
-/// Policy indexes bucketed by action, then tool, then principal.
-#[derive(Debug, Default)]
-pub(crate) struct ScopeIndex {
-    any_action: ToolBuckets,
-    by_action: HashMap<String, ToolBuckets>,
+/// Leaves bucketed by action, then tool, then principal. While the store is built a
+/// leaf is the list of policy numbers with that scope; the store then turns each
+/// into the Cedar policy sets it evaluates ([`ScopeIndex::map`]).
+#[derive(Debug)]
+pub(crate) struct ScopeIndex<T> {
+    any_action: ToolBuckets<T>,
+    by_action: HashMap<String, ToolBuckets<T>>,
 }
 
-#[derive(Debug, Default)]
-struct ToolBuckets {
-    any_tool: PrincipalBuckets,
-    by_tool: HashMap<String, PrincipalBuckets>,
+#[derive(Debug)]
+struct ToolBuckets<T> {
+    any_tool: PrincipalBuckets<T>,
+    by_tool: HashMap<String, PrincipalBuckets<T>>,
 }
 
-#[derive(Debug, Default)]
-struct PrincipalBuckets {
-    any: Vec<u32>,
-    by_namespace: HashMap<String, Vec<u32>>,
-    by_agent: HashMap<String, Vec<u32>>,
+#[derive(Debug)]
+struct PrincipalBuckets<T> {
+    any: T,
+    by_namespace: HashMap<String, T>,
+    by_agent: HashMap<String, T>,
 }
 
-impl PrincipalBuckets {
-    fn insert(&mut self, principal: &PrincipalScope, policy: u32) {
+// Hand-written so `T` need not be `Default` for the maps (derive would require it).
+impl<T: Default> Default for ScopeIndex<T> {
+    fn default() -> Self {
+        ScopeIndex {
+            any_action: ToolBuckets::default(),
+            by_action: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Default> Default for ToolBuckets<T> {
+    fn default() -> Self {
+        ToolBuckets {
+            any_tool: PrincipalBuckets::default(),
+            by_tool: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Default> Default for PrincipalBuckets<T> {
+    fn default() -> Self {
+        PrincipalBuckets {
+            any: T::default(),
+            by_namespace: HashMap::new(),
+            by_agent: HashMap::new(),
+        }
+    }
+}
+
+impl<T> PrincipalBuckets<T> {
+    fn leaf_mut(&mut self, principal: &PrincipalScope) -> &mut T
+    where
+        T: Default,
+    {
         match principal {
-            PrincipalScope::Any => self.any.push(policy),
-            PrincipalScope::Namespace(ns) => self.by_namespace.entry(ns.clone()).or_default().push(policy),
-            PrincipalScope::Agent(a) => self.by_agent.entry(a.clone()).or_default().push(policy),
+            PrincipalScope::Any => &mut self.any,
+            PrincipalScope::Namespace(ns) => self.by_namespace.entry(ns.clone()).or_default(),
+            PrincipalScope::Agent(a) => self.by_agent.entry(a.clone()).or_default(),
         }
     }
 
-    fn collect(&self, namespace: &str, agent: &str, out: &mut Vec<u32>) {
-        out.extend_from_slice(&self.any);
-        if let Some(v) = self.by_namespace.get(namespace) {
-            out.extend_from_slice(v);
-        }
-        if let Some(v) = self.by_agent.get(agent) {
-            out.extend_from_slice(v);
+    fn collect<'a>(&'a self, namespace: &str, agent: &str, out: &mut Vec<&'a T>) {
+        out.push(&self.any);
+        out.extend(self.by_namespace.get(namespace));
+        out.extend(self.by_agent.get(agent));
+    }
+
+    fn map<U>(self, f: &mut impl FnMut(&PrincipalScope, T) -> U) -> PrincipalBuckets<U> {
+        PrincipalBuckets {
+            any: f(&PrincipalScope::Any, self.any),
+            by_namespace: self
+                .by_namespace
+                .into_iter()
+                .map(|(ns, t)| {
+                    let u = f(&PrincipalScope::Namespace(ns.clone()), t);
+                    (ns, u)
+                })
+                .collect(),
+            by_agent: self
+                .by_agent
+                .into_iter()
+                .map(|(a, t)| {
+                    let u = f(&PrincipalScope::Agent(a.clone()), t);
+                    (a, u)
+                })
+                .collect(),
         }
     }
 }
 
-impl ToolBuckets {
-    fn insert(&mut self, scope: &Scope, policy: u32) {
-        let bucket = match &scope.tool {
-            None => &mut self.any_tool,
-            Some(t) => self.by_tool.entry(t.clone()).or_default(),
-        };
-        bucket.insert(&scope.principal, policy);
-    }
-
-    fn collect(&self, tool: &str, namespace: &str, agent: &str, out: &mut Vec<u32>) {
+impl<T> ToolBuckets<T> {
+    fn collect<'a>(&'a self, tool: &str, namespace: &str, agent: &str, out: &mut Vec<&'a T>) {
         self.any_tool.collect(namespace, agent, out);
         if let Some(b) = self.by_tool.get(tool) {
             b.collect(namespace, agent, out);
         }
     }
+
+    fn map<U>(self, f: &mut impl FnMut(&PrincipalScope, T) -> U) -> ToolBuckets<U> {
+        ToolBuckets {
+            any_tool: self.any_tool.map(f),
+            by_tool: self.by_tool.into_iter().map(|(t, b)| (t, b.map(f))).collect(),
+        }
+    }
 }
 
-impl ScopeIndex {
+impl ScopeIndex<Vec<u32>> {
     /// Add policy number `policy` with scope `scope`.
     pub fn insert(&mut self, scope: &Scope, policy: u32) {
+        let add = |buckets: &mut ToolBuckets<Vec<u32>>| {
+            let tool = match &scope.tool {
+                None => &mut buckets.any_tool,
+                Some(t) => buckets.by_tool.entry(t.clone()).or_default(),
+            };
+            tool.leaf_mut(&scope.principal).push(policy);
+        };
         match &scope.actions {
-            None => self.any_action.insert(scope, policy),
+            None => add(&mut self.any_action),
             Some(actions) => {
-                for a in actions {
-                    self.by_action.entry(a.clone()).or_default().insert(scope, policy);
+                // `action in [a, a]` must not put the policy in a leaf twice.
+                let unique: std::collections::BTreeSet<&String> = actions.iter().collect();
+                for a in unique {
+                    add(self.by_action.entry(a.clone()).or_default());
                 }
             }
         }
     }
+}
 
-    /// The policies whose scope can match `action` by the agent `agent`
-    /// (`<namespace>/<name>`, in `namespace`) on `tool`: sorted, without repeats.
-    pub fn candidates(&self, action: &str, namespace: &str, agent: &str, tool: &str) -> Vec<u32> {
-        let mut out = Vec::new();
+impl<T> ScopeIndex<T> {
+    /// The leaves whose scope can match `action` by the agent `agent`
+    /// (`<namespace>/<name>`, in `namespace`) on `tool`. A policy is in at most one
+    /// of them for a given action, so nothing is evaluated twice.
+    pub fn leaves(&self, action: &str, namespace: &str, agent: &str, tool: &str) -> Vec<&T> {
+        let mut out = Vec::with_capacity(12);
         self.any_action.collect(tool, namespace, agent, &mut out);
         if let Some(b) = self.by_action.get(action) {
             b.collect(tool, namespace, agent, &mut out);
         }
-        out.sort_unstable();
-        out.dedup();
         out
+    }
+
+    /// Turn every leaf into something else, told the principal scope of the leaf.
+    pub fn map<U>(self, mut f: impl FnMut(&PrincipalScope, T) -> U) -> ScopeIndex<U> {
+        ScopeIndex {
+            any_action: self.any_action.map(&mut f),
+            by_action: self.by_action.into_iter().map(|(a, b)| (a, b.map(&mut f))).collect(),
+        }
     }
 }
 
@@ -216,7 +285,7 @@ mod tests {
 
     #[test]
     fn candidates_are_the_matching_buckets_and_the_unconstrained_ones() {
-        let mut idx = ScopeIndex::default();
+        let mut idx = ScopeIndex::<Vec<u32>>::default();
         let policies = [
             r#"permit(principal, action, resource);"#,
             r#"permit(principal in Mandate::Namespace::"pay", action == Mandate::Action::"issue", resource == Mandate::Tool::"stripe");"#,
@@ -228,9 +297,19 @@ mod tests {
         for (i, p) in policies.iter().enumerate() {
             idx.insert(&scope(p), i as u32);
         }
-        assert_eq!(idx.candidates("issue", "pay", "pay/bot", "stripe"), [0, 1, 4]);
-        assert_eq!(idx.candidates("issue", "pay", "pay/other", "stripe"), [0, 1]);
-        assert_eq!(idx.candidates("issue", "support", "support/x", "github"), [0, 5]);
-        assert_eq!(idx.candidates("invoke", "other", "other/x", "jira"), [0, 3]);
+        let candidates = |action, ns, agent, tool| {
+            let mut c: Vec<u32> = idx
+                .leaves(action, ns, agent, tool)
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect();
+            c.sort();
+            c
+        };
+        assert_eq!(candidates("issue", "pay", "pay/bot", "stripe"), [0, 1, 4]);
+        assert_eq!(candidates("issue", "pay", "pay/other", "stripe"), [0, 1]);
+        assert_eq!(candidates("issue", "support", "support/x", "github"), [0, 5]);
+        assert_eq!(candidates("invoke", "other", "other/x", "jira"), [0, 3]);
     }
 }

@@ -165,18 +165,16 @@ pub enum InputError {
     Request(#[source] Box<cedar_policy::RequestValidationError>),
 }
 
-/// Cedar's view of one tool of a request: who, what, on which tool, with which
-/// entities. The context is built separately because the approval part of it varies
-/// between evaluations of the same tool.
+/// Cedar's view of a request: the principal and the entities, shared by every tool
+/// of the grant (building entities costs more than evaluating a few policies, so it
+/// is done once). [`IssueInput::request`] makes the Cedar request for one tool.
 #[derive(Clone, Debug)]
 pub struct IssueInput {
     /// `Mandate::Agent::"<namespace>/<name>"`.
     pub principal: EntityUid,
     /// `Mandate::Action::"issue"`.
     pub action: EntityUid,
-    /// `Mandate::Tool::"<tool>"`.
-    pub resource: EntityUid,
-    /// The agent, its namespace, the requester, their groups and the tool.
+    /// The agent, its namespace, the requester, their groups and every tool.
     pub entities: Entities,
 }
 
@@ -231,19 +229,18 @@ fn entity(
 }
 
 impl IssueInput {
-    /// The principal, action, resource and entities for deciding `tool` of `req`.
-    pub fn new(req: &IssueRequest, tool: &ToolRequest) -> Result<Self, InputError> {
+    /// The principal, action and entities for deciding `req`.
+    pub fn new(req: &IssueRequest) -> Result<Self, InputError> {
         let n = &*NAMES;
         let agent = &req.agent;
         let namespace = uid(&n.namespace, &agent.namespace);
         let principal = uid(&n.agent, &agent.entity_id());
-        let resource = uid(&n.tool, &tool.name);
 
         // Groups are deduplicated: Cedar rejects an entity listed twice.
         let groups: BTreeSet<&str> = req.requester.groups.iter().map(String::as_str).collect();
         let group_uids: Vec<EntityUid> = groups.iter().map(|g| uid(&n.group, g)).collect();
 
-        let mut entities = Vec::with_capacity(4 + group_uids.len());
+        let mut entities = Vec::with_capacity(3 + group_uids.len() + req.tools.len());
         entities.push(entity(
             principal.clone(),
             vec![
@@ -265,18 +262,22 @@ impl IssueInput {
             group_uids.iter().cloned().collect(),
         )?);
         entities.extend(group_uids.into_iter().map(|g| Entity::new_no_attrs(g, HashSet::new())));
-        entities.push(entity(
-            resource.clone(),
-            vec![
-                ("name", string(&tool.name)),
-                ("sensitivity", string(tool.sensitivity.as_str())),
-                (
-                    "sensitivityLevel",
-                    RestrictedExpression::new_long(tool.sensitivity.level()),
-                ),
-            ],
-            HashSet::new(),
-        )?);
+        // A grant names each tool once (the CRD enforces it); a repeat here would
+        // be rejected by Cedar as a duplicate entity, and the decision would deny.
+        for tool in &req.tools {
+            entities.push(entity(
+                uid(&n.tool, &tool.name),
+                vec![
+                    ("name", string(&tool.name)),
+                    ("sensitivity", string(tool.sensitivity.as_str())),
+                    (
+                        "sensitivityLevel",
+                        RestrictedExpression::new_long(tool.sensitivity.level()),
+                    ),
+                ],
+                HashSet::new(),
+            )?);
+        }
 
         // No schema here: the schema checks cost more than the decision, and the
         // `input_conforms_to_the_schema` test holds this code to it instead.
@@ -284,12 +285,16 @@ impl IssueInput {
         Ok(IssueInput {
             principal,
             action: n.issue.clone(),
-            resource,
             entities,
         })
     }
 
-    /// The Cedar request with the context for `tool` and the given approval.
+    /// `Mandate::Tool::"<tool>"`.
+    pub fn resource(tool: &ToolRequest) -> EntityUid {
+        uid(&NAMES.tool, &tool.name)
+    }
+
+    /// The Cedar request for `tool`, with its context and the given approval.
     pub fn request(
         &self,
         req: &IssueRequest,
@@ -300,7 +305,7 @@ impl IssueInput {
         Request::new(
             self.principal.clone(),
             self.action.clone(),
-            self.resource.clone(),
+            Self::resource(tool),
             context,
             None,
         )
@@ -409,13 +414,20 @@ pub(crate) mod tests {
 
     #[test]
     fn entities_carry_ids_parents_and_attributes() {
-        let req = request();
-        let input = IssueInput::new(&req, &req.tools[0]).unwrap();
+        let mut req = request();
+        req.tools.push(ToolRequest {
+            name: "postgres".into(),
+            actions: vec!["read".into()],
+            ..Default::default()
+        });
+        let input = IssueInput::new(&req).unwrap();
         assert_eq!(
             input.principal.to_string(),
             r#"Mandate::Agent::"team-payments/refunder""#
         );
-        assert_eq!(input.resource.to_string(), r#"Mandate::Tool::"stripe""#);
+        let stripe = IssueInput::resource(&req.tools[0]);
+        assert_eq!(stripe.to_string(), r#"Mandate::Tool::"stripe""#);
+        let postgres = IssueInput::resource(&req.tools[1]);
         let e = &input.entities;
 
         let ns: EntityUid = r#"Mandate::Namespace::"team-payments""#.parse().unwrap();
@@ -430,10 +442,12 @@ pub(crate) mod tests {
         assert!(e.is_ancestor_of(&oncall, &requester));
         assert_eq!(attr(e, &requester, "uid"), "\"u-1\"");
 
-        assert_eq!(attr(e, &input.resource, "sensitivity"), "\"confidential\"");
-        assert_eq!(attr(e, &input.resource, "sensitivityLevel"), "2");
-        // Agent, namespace, requester, two distinct groups, tool.
-        assert_eq!(e.len(), 6);
+        assert_eq!(attr(e, &stripe, "sensitivity"), "\"confidential\"");
+        assert_eq!(attr(e, &stripe, "sensitivityLevel"), "2");
+        assert_eq!(attr(e, &postgres, "sensitivity"), "\"internal\"");
+        assert_eq!(attr(e, &postgres, "sensitivityLevel"), "1");
+        // Agent, namespace, requester, two distinct groups, two tools.
+        assert_eq!(e.len(), 7);
     }
 
     #[test]
@@ -480,12 +494,12 @@ pub(crate) mod tests {
         let schema = crate::policy::schema().unwrap();
         let req = request();
         let tool = &req.tools[0];
-        let input = IssueInput::new(&req, tool).unwrap();
+        let input = IssueInput::new(&req).unwrap();
         let context = issue_context(&req, tool, &ApprovalContext::of(&req)).unwrap();
         Request::new(
             input.principal.clone(),
             input.action.clone(),
-            input.resource.clone(),
+            IssueInput::resource(tool),
             context,
             Some(schema),
         )
