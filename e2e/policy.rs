@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::events::v1::Event;
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams, PostParams},
 };
 use mandate::api::{AgentPolicy, GrantPhase, ToolGrant, ToolGrantApproval};
 use serde_json::json;
@@ -91,16 +91,23 @@ async fn wait_reason(f: &Fixture, name: &str, phase: GrantPhase, reason: &'stati
     .await
 }
 
-async fn events_for(f: &Fixture, name: &str) -> Vec<Event> {
+/// Waits (watching, with the usual timeout) for an Event about `name` that satisfies `pred`.
+async fn wait_event(f: &Fixture, name: &str, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::runtime::{WatchStreamExt, watcher};
     let events: Api<Event> = f.ns.api();
-    events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .collect()
+    let about = |e: &Event| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name);
+    let stream = watcher(events, watcher::Config::default())
+        .applied_objects()
+        .try_filter(|e| futures::future::ready(about(e) && pred(e)));
+    let mut stream = std::pin::pin!(stream);
+    match tokio::time::timeout(crate::support::TIMEOUT, stream.next()).await {
+        Ok(Some(Ok(e))) => e,
+        other => panic!(
+            "no Event about {name} {what} within {:?}: {other:?}",
+            crate::support::TIMEOUT
+        ),
+    }
 }
 
 #[tokio::test]
@@ -135,13 +142,10 @@ async fn a_permit_issues_and_is_named_in_the_decision() {
     assert_eq!(d.inputs.task, "Job/work");
     // The Event and the log line carry the same decision id.
     let id = d.decision_id;
-    let events = events_for(&f, "g").await;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.note.as_deref().unwrap_or_default().contains(&id)),
-        "no Event names decision {id}"
-    );
+    wait_event(&f, "g", "naming the decision", |e| {
+        e.note.as_deref().unwrap_or_default().contains(&id)
+    })
+    .await;
     assert!(f.op.log_text().contains(&id));
     f.ns.cleanup().await;
 }
@@ -245,12 +249,10 @@ async fn audit_mode_reports_would_be_denials_without_denying() {
     let recent = &p.status.unwrap().audit.unwrap().recent[0];
     assert_eq!(recent.grant, format!("{}/g", f.ns.name));
     assert_eq!(recent.decision_id, d.decision_id);
-    assert!(
-        events_for(&f, "g")
-            .await
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("AuditWouldDeny"))
-    );
+    wait_event(&f, "g", "AuditWouldDeny", |e| {
+        e.reason.as_deref() == Some("AuditWouldDeny")
+    })
+    .await;
     f.ns.cleanup().await;
 }
 
