@@ -870,20 +870,7 @@ async fn write_status(
     status: &ToolGrantStatus,
 ) -> Result<(), Error> {
     let name = grant.name_any();
-    let patch = json!({ "apiVersion": crate::api::api_version(), "kind": "ToolGrant", "status": status });
-    let written = api
-        .patch_status(
-            &name,
-            &PatchParams::apply(&format!("{MANAGER}/status")).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|source| Error::WriteStatus {
-            kind: "ToolGrant",
-            namespace: api.namespace().unwrap_or_default().to_string(),
-            name: name.clone(),
-            source,
-        })?;
+    let written = super::apply_status(api, "ToolGrant", &name, status).await?;
     ctx.written
         .wrote_grant(&grant.uid().unwrap_or_default(), written.resource_version());
     Ok(())

@@ -117,19 +117,7 @@ pub async fn reconcile(identity: Arc<AgentIdentity>, ctx: Arc<Context>) -> Resul
     let status = desired_status(&identity, &ctx.trust_domain, active, Timestamp::now());
     if identity.status.as_ref() != Some(&status) {
         let api: Api<AgentIdentity> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = json!({ "apiVersion": crate::api::api_version(), "kind": "AgentIdentity", "status": status });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(&format!("{MANAGER}/status")).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|source| Error::WriteStatus {
-            kind: "AgentIdentity",
-            namespace: ns.clone(),
-            name: name.clone(),
-            source,
-        })?;
+        super::apply_status(&api, "AgentIdentity", &name, &status).await?;
         info!(identity = %name, namespace = %ns, spiffe_id = ?status.spiffe_id, active_grants = active, "identity status updated");
     }
     Ok(Action::requeue(Duration::from_secs(3600)))

@@ -521,6 +521,32 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Server-side applies `status` to the status subresource of `name` under Mandate's
+/// status field manager; returns the object as written.
+pub(crate) async fn apply_status<K>(
+    api: &Api<K>,
+    kind: &'static str,
+    name: &str,
+    status: &impl serde::Serialize,
+) -> Result<K, Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({ "apiVersion": crate::api::api_version(), "kind": kind, "status": status });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::apply(&format!("{MANAGER}/status")).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::WriteStatus {
+        kind,
+        namespace: api.namespace().unwrap_or_default().to_string(),
+        name: name.to_string(),
+        source,
+    })
+}
+
 /// Requeue a failed object soon. kube's controller does not back off per object on
 /// its own; a short fixed delay keeps revocation retries prompt.
 fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {

@@ -19,7 +19,6 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
     core::{Selector, SelectorExt},
     runtime::{
         controller::Action,
@@ -27,11 +26,10 @@ use kube::{
         reflector::Store,
     },
 };
-use serde_json::json;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{Context, Error, MANAGER};
+use super::{Context, Error};
 use crate::{
     api::{AgentPolicy, AgentPolicyStatus, AuditDenial, AuditSummary},
     conditions::{self, Desired},
@@ -236,19 +234,7 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Ac
     let status = desired_status(&policy, &compiled, ctx.audit.get(&name), Timestamp::now());
     if policy.status.as_ref() != Some(&status) {
         let api: Api<AgentPolicy> = Api::all(ctx.client.clone());
-        let patch = json!({ "apiVersion": crate::api::api_version(), "kind": "AgentPolicy", "status": status });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(&format!("{MANAGER}/status")).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|source| Error::WriteStatus {
-            kind: "AgentPolicy",
-            namespace: String::new(),
-            name: name.clone(),
-            source,
-        })?;
+        super::apply_status(&api, "AgentPolicy", &name, &status).await?;
         let was_ready = policy
             .status
             .as_ref()
