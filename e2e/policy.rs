@@ -77,6 +77,15 @@ async fn approve(client: Client, ns: &str, name: &str, grant: &str, generation: 
         .expect("approval created");
 }
 
+fn ready_condition(g: ToolGrant) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    g.status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("a Ready condition")
+}
+
 async fn wait_reason(f: &Fixture, name: &str, phase: GrantPhase, reason: &'static str) -> ToolGrant {
     wait_for(
         &f.grants,
@@ -163,9 +172,22 @@ async fn a_forbid_beats_a_permit() {
         None,
     )
     .await;
-    let g = wait_reason(&f, "g", GrantPhase::Denied, "PolicyDenied").await;
-    let d = g.status.unwrap().decision.unwrap();
-    assert_eq!(d.policies, [format!("{}-guard/no-writes", f.ns.name)]);
+    // Until the operator has read both policies the grant may be denied by default;
+    // wait for the decision that names the forbid.
+    let forbid = format!("{}-guard/no-writes", f.ns.name);
+    let g = wait_for(&f.grants, "g", "denied by the forbid", {
+        let forbid = forbid.clone();
+        move |g: &ToolGrant| {
+            g.status
+                .as_ref()
+                .and_then(|s| s.decision.as_ref())
+                .is_some_and(|d| d.policies.contains(&forbid))
+        }
+    })
+    .await;
+    let status = g.status.unwrap();
+    assert_eq!(status.phase, Some(GrantPhase::Denied));
+    assert_eq!(status.decision.unwrap().policies, [forbid]);
     f.ns.cleanup().await;
 }
 
@@ -194,13 +216,7 @@ async fn threat_26_an_invalid_policy_fails_closed_and_says_where() {
     f.grant("g", "triage", ("batch/v1", "Job", "work"), tools(&["read"]), None)
         .await;
     let g = wait_reason(&f, "g", GrantPhase::Pending, "PolicyInvalid").await;
-    let ready = g
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = ready_condition(g);
     assert!(ready.message.contains("broken"), "{}", ready.message);
     assert!(f.secrets.get_opt("g").await.unwrap().is_none());
     // Fixing it lets the grant through.
@@ -229,9 +245,20 @@ async fn audit_mode_reports_would_be_denials_without_denying() {
         None,
     )
     .await;
-    let g = f.wait_phase("g", GrantPhase::Issued).await;
-    let d = g.status.unwrap().decision.unwrap();
+    // The grant may be issued before the operator has read the Audit policy; wait for
+    // the decision that reports it.
     let id = format!("{}-dry-run/no-writes", f.ns.name);
+    let g = wait_for(&f.grants, "g", "issued with the would-be denial reported", {
+        let id = id.clone();
+        move |g: &ToolGrant| {
+            g.status.as_ref().is_some_and(|s| {
+                s.phase == Some(GrantPhase::Issued)
+                    && s.decision.as_ref().is_some_and(|d| d.audit_denials.contains(&id))
+            })
+        }
+    })
+    .await;
+    let d = g.status.unwrap().decision.unwrap();
     assert_eq!(d.audit_denials, std::slice::from_ref(&id));
     let policies: Api<AgentPolicy> = Api::all(f.ns.client.clone());
     let p = wait_for(
@@ -371,13 +398,7 @@ async fn threat_29_threat_30_approval_binds_one_generation_and_refuses_self_appr
     // Carol denies generation 2: final for that generation.
     approve(client_as("carol").await, &ns, "carol-no", "g", 2, "Deny").await;
     let g = wait_reason(&f, "g", GrantPhase::Denied, "ApprovalDenied").await;
-    let ready = g
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = ready_condition(g);
     assert!(ready.message.contains("carol"), "{}", ready.message);
     // A late approval of the denied generation does not bring it back.
     approve(client_as("dave").await, &ns, "dave-ok", "g", 2, "Approve").await;

@@ -156,6 +156,16 @@ fn revoke(o: &Observed<'_>, phase: GrantPhase, reason: &'static str, message: St
     }
 }
 
+/// Withholds the current spec (Denied or AwaitingApproval), revoking live serials.
+fn withhold(o: &Observed<'_>, phase: GrantPhase, reason: &'static str, message: String) -> Plan {
+    Plan::Withhold {
+        phase,
+        reason,
+        message,
+        serials: live_serials(o),
+    }
+}
+
 fn pending(reason: &'static str, message: String) -> Plan {
     Plan::Hold {
         phase: GrantPhase::Pending,
@@ -269,25 +279,20 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     }
 
     if let Err(e) = scope::validate(&grant.spec.tools) {
-        return Plan::Withhold {
-            phase: GrantPhase::Denied,
-            reason: "InvalidToolName",
-            message: e.to_string(),
-            serials: live_serials(o),
-        };
+        return withhold(o, GrantPhase::Denied, "InvalidToolName", e.to_string());
     }
     let excess = scope::excess(&grant.spec.tools, &identity.spec.tools);
     if !excess.is_empty() {
         let named: Vec<String> = excess.iter().map(ToString::to_string).collect();
-        return Plan::Withhold {
-            phase: GrantPhase::Denied,
-            reason: "ExceedsIdentityCeiling",
-            message: format!(
+        return withhold(
+            o,
+            GrantPhase::Denied,
+            "ExceedsIdentityCeiling",
+            format!(
                 "the grant asks for more than AgentIdentity {identity_name} allows: {}",
                 named.join("; ")
             ),
-            serials: live_serials(o),
-        };
+        );
     }
 
     // Policy decides after the ceiling (which always applies first) and before
@@ -309,38 +314,23 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         // (short-lived by design) simply is not renewed until the policy is fixed.
         PolicyObs::Invalid { message } => return hold_as_is("PolicyInvalid", message.clone()),
         PolicyObs::MissingRequester => {
-            return Plan::Withhold {
-                phase: GrantPhase::Denied,
-                reason: "MissingRequester",
-                message: "spec.requester was not recorded at creation (Mandate's admission webhook was bypassed); \
+            return withhold(
+                o,
+                GrantPhase::Denied,
+                "MissingRequester",
+                "spec.requester was not recorded at creation (Mandate's admission webhook was bypassed); \
                           delete the grant and create it again"
                     .into(),
-                serials: live_serials(o),
-            };
+            );
         }
         PolicyObs::Deny { message } => {
-            return Plan::Withhold {
-                phase: GrantPhase::Denied,
-                reason: "PolicyDenied",
-                message: message.clone(),
-                serials: live_serials(o),
-            };
+            return withhold(o, GrantPhase::Denied, "PolicyDenied", message.clone());
         }
         PolicyObs::ApprovalDenied { message } => {
-            return Plan::Withhold {
-                phase: GrantPhase::Denied,
-                reason: "ApprovalDenied",
-                message: message.clone(),
-                serials: live_serials(o),
-            };
+            return withhold(o, GrantPhase::Denied, "ApprovalDenied", message.clone());
         }
         PolicyObs::RequireApproval { message } => {
-            return Plan::Withhold {
-                phase: GrantPhase::AwaitingApproval,
-                reason: "AwaitingApproval",
-                message: message.clone(),
-                serials: live_serials(o),
-            };
+            return withhold(o, GrantPhase::AwaitingApproval, "AwaitingApproval", message.clone());
         }
     }
 
