@@ -6,6 +6,10 @@
 //! spread over 50 namespaces and 100 tools, then times issuance decisions one at a
 //! time. Prints a markdown table; docs/policy.md records a run.
 
+// The operator's allocator (src/main.rs), so decisions are timed as they run there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -248,13 +252,25 @@ fn main() {
             s.p50, s.p99, s.max, s.audited
         );
     };
-    for size in [10, 100, 1_000] {
+    // `MANDATE_POLICY_BENCH_SIZES=1000` (comma-separated) runs only those sizes, for profiling.
+    let sizes: Vec<usize> = std::env::var("MANDATE_POLICY_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![10, 100, 1_000]);
+    // `MANDATE_POLICY_BENCH_DECISIONS=2000` takes fewer samples (under callgrind, say).
+    let decisions: usize = std::env::var("MANDATE_POLICY_BENCH_DECISIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(DECISIONS);
+    let warmup = decisions.min(WARMUP);
+    let evaluate_all = std::env::var_os("MANDATE_POLICY_BENCH_INDEXED_ONLY").is_none();
+    for size in sizes {
         let (store, build) = store(size);
         // Warm the policy-set cache as a running controller's would be.
-        run(WARMUP, 1, |r| store.decide_issue(r));
-        let s = run(DECISIONS, 2, |r| store.decide_issue(r));
-        row(&mut out, &format!("{size}"), Some(build), DECISIONS, &s);
-        if size == 1_000 {
+        run(warmup, 1, |r| store.decide_issue(r));
+        let s = run(decisions, 2, |r| store.decide_issue(r));
+        row(&mut out, &format!("{size}"), Some(build), decisions, &s);
+        if size == 1_000 && evaluate_all {
             run(UNPRUNED_DECISIONS / 10, 1, |r| store.decide_issue_evaluating_all(r));
             let s = run(UNPRUNED_DECISIONS, 2, |r| store.decide_issue_evaluating_all(r));
             row(

@@ -15,7 +15,7 @@ use std::fmt;
 use cedar_policy::{Authorizer, Decision, PolicySet, Request, Response};
 
 use super::compile::{Compiled, Effect};
-use super::index::{PrincipalScope, Scope, ScopeIndex};
+use super::index::{PrincipalScope, Scope, ScopeIndex, relaxed};
 use super::input::{ApprovalContext, IssueInput, IssueRequest, ToolRequest};
 use crate::api::PolicyMode;
 
@@ -132,6 +132,15 @@ struct Group {
     set: PolicySet,
 }
 
+/// One policy while the store is built.
+struct Numbered {
+    written: cedar_policy::Policy,
+    /// Without the scope constraints its index bucket implies ([`relaxed`]).
+    indexed: cedar_policy::Policy,
+    matcher: usize,
+    audit: bool,
+}
+
 /// An AgentPolicy that cannot be used, and why.
 #[derive(Debug)]
 struct Invalid {
@@ -221,7 +230,10 @@ impl Tally {
         // Cedar's reasons are the satisfied forbids when any forbid is satisfied,
         // otherwise the satisfied permits. A group denied by a forbid may hide
         // satisfied permits, but then the union is denied anyway.
-        let reasons = response.diagnostics().reason().map(|id| id.to_string());
+        let reasons = response
+            .diagnostics()
+            .reason()
+            .map(|id| AsRef::<str>::as_ref(id).to_owned());
         match response.decision() {
             Decision::Allow => self.permits.extend(reasons),
             Decision::Deny => self.forbids.extend(reasons),
@@ -261,13 +273,13 @@ struct ToolEval<'a> {
     enforce: Vec<&'a PolicySet>,
     audit: Vec<&'a PolicySet>,
     /// (actual approval, hypothetical approval) requests, built once each.
-    requests: [Option<Result<Request, String>>; 2],
+    requests: [Option<Request>; 2],
     /// Tallies by [enforce, audit] x [actual, hypothetical].
     tallies: [[Option<Tally>; 2]; 2],
 }
 
 impl<'a> ToolEval<'a> {
-    fn tally(&mut self, audit: bool, hypothetical: bool) -> Result<&Tally, String> {
+    fn tally(&mut self, audit: bool, hypothetical: bool) -> &Tally {
         let (m, a) = (usize::from(audit), usize::from(hypothetical));
         if self.tallies[m][a].is_none() {
             let request = self.requests[a].get_or_insert_with(|| {
@@ -276,11 +288,8 @@ impl<'a> ToolEval<'a> {
                 } else {
                     ApprovalContext::of(self.req)
                 };
-                self.input
-                    .request(self.req, self.tool, &approval)
-                    .map_err(|e| format!("tool {}: {e}", self.tool.name))
+                self.input.request(self.tool, &approval)
             });
-            let request = request.as_ref().map_err(Clone::clone)?;
             let mut tally = Tally::default();
             let sets = if audit { &self.audit } else { &self.enforce };
             for set in sets {
@@ -288,16 +297,16 @@ impl<'a> ToolEval<'a> {
             }
             self.tallies[m][a] = Some(tally);
         }
-        Ok(self.tallies[m][a].get_or_insert_with(Tally::default))
+        self.tallies[m][a].get_or_insert_with(Tally::default)
     }
 
     /// The Enforce tally, or Enforce and Audit together.
-    fn combined(&mut self, with_audit: bool, hypothetical: bool) -> Result<Tally, String> {
-        let enforce = self.tally(false, hypothetical)?.clone();
+    fn combined(&mut self, with_audit: bool, hypothetical: bool) -> Tally {
+        let enforce = self.tally(false, hypothetical).clone();
         if !with_audit {
-            return Ok(enforce);
+            return enforce;
         }
-        Ok(enforce.union(self.tally(true, hypothetical)?))
+        enforce.union(self.tally(true, hypothetical))
     }
 
     /// Decide the tool under the Enforce policies, or (`with_audit`) under Enforce
@@ -305,15 +314,7 @@ impl<'a> ToolEval<'a> {
     fn verdict(&mut self, with_audit: bool) -> ToolVerdict {
         let agent = self.req.agent.entity_id();
         let t = self.tool.name.clone();
-        let deny = |reason: String| ToolVerdict::Deny {
-            policies: vec![],
-            reasons: vec![reason],
-            errors: vec![],
-        };
-        let actual = match self.combined(with_audit, false) {
-            Ok(tally) => tally,
-            Err(e) => return deny(e),
-        };
+        let actual = self.combined(with_audit, false);
         if let Some(failed) = failure(&actual, &t) {
             return failed;
         }
@@ -346,10 +347,7 @@ impl<'a> ToolEval<'a> {
 
         // Only approval forbids deny. Would an approval by someone other than the
         // requester lift them, with nothing else standing in the way?
-        let lifted = match self.combined(with_audit, true) {
-            Ok(tally) => tally,
-            Err(e) => return deny(e),
-        };
+        let lifted = self.combined(with_audit, true);
         if let Some(failed) = failure(&lifted, &t) {
             return failed;
         }
@@ -404,8 +402,9 @@ impl PolicyStore {
         let mut matchers: Vec<NamespaceMatcher> = Vec::new();
         let mut policies = HashMap::new();
         let mut invalid = Vec::new();
-        // Everything a leaf or an owner group needs, by policy number.
-        let mut all: Vec<(cedar_policy::Policy, usize, bool)> = Vec::new();
+        // Everything a leaf or an owner group needs, by policy number: the policy as
+        // written, as evaluated from the index, its namespace selection and mode.
+        let mut all: Vec<Numbered> = Vec::new();
         let mut owners: Vec<(usize, bool, Vec<u32>)> = Vec::new();
         let mut index = ScopeIndex::<Vec<u32>>::default();
         let mut seen = BTreeSet::new();
@@ -441,14 +440,22 @@ impl PolicyStore {
                         audit,
                     },
                 );
-                all.push((p.policy, matcher, audit));
+                all.push(Numbered {
+                    indexed: relaxed(&p.policy).unwrap_or_else(|| p.policy.clone()),
+                    written: p.policy,
+                    matcher,
+                    audit,
+                });
             }
             owners.push((matcher, audit, numbers));
         }
 
         let mut broken = None;
-        let mut group = |numbers: Vec<u32>, matcher: Option<usize>, audit: bool| {
-            let set = PolicySet::from_policies(numbers.iter().map(|&n| all[n as usize].0.clone()));
+        let mut group = |numbers: Vec<u32>, matcher: Option<usize>, audit: bool, indexed: bool| {
+            let set = PolicySet::from_policies(numbers.iter().map(|&n| {
+                let p = &all[n as usize];
+                if indexed { p.indexed.clone() } else { p.written.clone() }
+            }));
             match set {
                 Ok(set) => Some(Group { matcher, audit, set }),
                 Err(e) => {
@@ -459,7 +466,7 @@ impl PolicyStore {
         };
         let owner_groups: Vec<Group> = owners
             .into_iter()
-            .filter_map(|(matcher, audit, numbers)| group(numbers, Some(matcher), audit))
+            .filter_map(|(matcher, audit, numbers)| group(numbers, Some(matcher), audit, false))
             .collect();
         let index = index.map(|principal, numbers| {
             // Split each leaf by mode and namespace selection. A leaf scoped to one
@@ -467,17 +474,17 @@ impl PolicyStore {
             // no check per request and fewer, larger groups.
             let mut split: BTreeMap<(Option<usize>, bool), Vec<u32>> = BTreeMap::new();
             for n in numbers {
-                let (_, matcher, audit) = &all[n as usize];
+                let Numbered { matcher, audit, .. } = all[n as usize];
                 let key = match principal {
-                    PrincipalScope::Namespace(ns) if !matchers[*matcher].applies_to(ns) => continue,
+                    PrincipalScope::Namespace(ns) if !matchers[matcher].applies_to(ns) => continue,
                     PrincipalScope::Namespace(_) => None,
-                    _ => Some(*matcher),
+                    _ => Some(matcher),
                 };
-                split.entry((key, *audit)).or_default().push(n);
+                split.entry((key, audit)).or_default().push(n);
             }
             split
                 .into_iter()
-                .filter_map(|((matcher, audit), numbers)| group(numbers, matcher, audit))
+                .filter_map(|((matcher, audit), numbers)| group(numbers, matcher, audit, true))
                 .collect()
         });
 

@@ -5,11 +5,13 @@
 //! module turns it into the entities and context Mandate's schema declares
 //! (`mandate.cedarschema`), one tool at a time.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
-use cedar_policy::{Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression};
+use cedar_policy::{Context, Entities, EntityId, EntityTypeName, EntityUid, Request};
+use cedar_policy_core::ast::{self, Literal, PartialValue, Value};
+use smol_str::SmolStr;
 
 use crate::api::{Sensitivity, ToolScope, UserInfo};
 
@@ -145,37 +147,32 @@ impl ApprovalContext {
 /// rejects nothing Mandate's API admits), and the engine then denies: fail closed.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    /// An entity could not be built.
-    #[error("failed to build Cedar entity {uid}: {source}")]
-    Entity {
-        /// The entity.
-        uid: String,
-        /// Cedar's error.
-        #[source]
-        source: Box<cedar_policy::EntityAttrEvaluationError>,
-    },
-    /// The entity set was inconsistent.
+    /// The entity set was inconsistent (an entity listed twice).
     #[error("failed to build the Cedar entity set: {0}")]
     Entities(#[source] Box<cedar_policy::entities_errors::EntitiesError>),
-    /// The context could not be built.
-    #[error("failed to build the Cedar context: {0}")]
-    Context(#[source] Box<cedar_policy::ContextCreationError>),
-    /// The request did not fit the schema.
-    #[error("failed to build the Cedar request: {0}")]
-    Request(#[source] Box<cedar_policy::RequestValidationError>),
 }
 
 /// Cedar's view of a request: the principal and the entities, shared by every tool
-/// of the grant (building entities costs more than evaluating a few policies, so it
-/// is done once). [`IssueInput::request`] makes the Cedar request for one tool.
+/// of the grant. [`IssueInput::request`] makes the Cedar request for one tool.
+///
+/// Entities and context are built from ready values with `cedar-policy-core`'s AST
+/// types rather than from `RestrictedExpression`s: the public constructors evaluate
+/// every attribute expression and recompute the transitive closure of the entity
+/// graph, which cost more than evaluating the policies of a typical decision
+/// (docs/benchmarks.md). The graph here is one level deep (agent to namespace,
+/// requester to groups), so the closure is the parent sets themselves. The
+/// `input_conforms_to_the_schema` test holds both to Mandate's schema.
 #[derive(Clone, Debug)]
 pub struct IssueInput {
     /// `Mandate::Agent::"<namespace>/<name>"`.
     pub principal: EntityUid,
     /// `Mandate::Action::"issue"`.
     pub action: EntityUid,
-    /// The agent, its namespace, the requester, their groups and every tool.
+    /// The agent (child of its namespace), the requester (child of their groups)
+    /// and every tool.
     pub entities: Entities,
+    /// The context attributes every tool of the grant shares.
+    shared: BTreeMap<SmolStr, Value>,
 }
 
 /// Entity type names and the action, parsed once. They are constants; the
@@ -207,25 +204,26 @@ fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
     EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
 }
 
-fn string(s: &str) -> RestrictedExpression {
-    RestrictedExpression::new_string(s.to_string())
+fn string(s: &str) -> Value {
+    Value::from(s)
 }
 
-fn strings(items: &[String]) -> RestrictedExpression {
-    RestrictedExpression::new_set(items.iter().map(|s| string(s)))
+fn strings(items: &[String]) -> Value {
+    Value::set_of_lits(items.iter().map(|s| Literal::from(s.as_str())), None)
 }
 
-fn entity(
-    uid: EntityUid,
-    attrs: Vec<(&str, RestrictedExpression)>,
-    parents: HashSet<EntityUid>,
-) -> Result<Entity, InputError> {
-    let attrs: HashMap<String, RestrictedExpression> = attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    let display = uid.to_string();
-    Entity::new(uid, attrs, parents).map_err(|e| InputError::Entity {
-        uid: display,
-        source: Box::new(e),
-    })
+/// An entity whose attributes are already values, and whose parents are all its
+/// ancestors.
+fn entity(uid: &EntityUid, attrs: Vec<(&str, Value)>, parents: impl IntoIterator<Item = EntityUid>) -> ast::Entity {
+    ast::Entity::new_with_attr_partial_value(
+        uid.clone().into(),
+        attrs
+            .into_iter()
+            .map(|(k, v)| (SmolStr::new(k), PartialValue::Value(v))),
+        HashSet::new(),
+        parents.into_iter().map(Into::into).collect(),
+        [],
+    )
 }
 
 impl IssueInput {
@@ -235,14 +233,17 @@ impl IssueInput {
         let agent = &req.agent;
         let namespace = uid(&n.namespace, &agent.namespace);
         let principal = uid(&n.agent, &agent.entity_id());
+        let requester = requester_uid(req);
 
-        // Groups are deduplicated: Cedar rejects an entity listed twice.
         let groups: BTreeSet<&str> = req.requester.groups.iter().map(String::as_str).collect();
         let group_uids: Vec<EntityUid> = groups.iter().map(|g| uid(&n.group, g)).collect();
 
-        let mut entities = Vec::with_capacity(3 + group_uids.len() + req.tools.len());
+        // The namespace and the groups are not entities of their own: they have no
+        // attributes, and Cedar answers `principal in Mandate::Namespace::"x"` from
+        // the ancestors recorded on the principal, never from the ancestor itself.
+        let mut entities = Vec::with_capacity(2 + req.tools.len());
         entities.push(entity(
-            principal.clone(),
+            &principal,
             vec![
                 ("name", string(&agent.name)),
                 ("namespace", string(&agent.namespace)),
@@ -250,42 +251,65 @@ impl IssueInput {
                 ("spiffeId", string(&agent.spiffe_id)),
                 ("serviceAccount", string(&agent.service_account)),
             ],
-            HashSet::from([namespace.clone()]),
-        )?);
-        entities.push(Entity::new_no_attrs(namespace, HashSet::new()));
+            [namespace],
+        ));
         entities.push(entity(
-            requester_uid(req),
+            &requester,
             vec![
                 ("username", string(&req.requester.username)),
                 ("uid", string(&req.requester.uid)),
             ],
-            group_uids.iter().cloned().collect(),
-        )?);
-        entities.extend(group_uids.into_iter().map(|g| Entity::new_no_attrs(g, HashSet::new())));
-        // A grant names each tool once (the CRD enforces it); a repeat here would
-        // be rejected by Cedar as a duplicate entity, and the decision would deny.
+            group_uids,
+        ));
+        // A grant names each tool once (the CRD enforces it); a repeat here with a
+        // different classification is rejected by Cedar as a conflicting entity, and
+        // the decision denies.
         for tool in &req.tools {
             entities.push(entity(
-                uid(&n.tool, &tool.name),
+                &uid(&n.tool, &tool.name),
                 vec![
                     ("name", string(&tool.name)),
                     ("sensitivity", string(tool.sensitivity.as_str())),
-                    (
-                        "sensitivityLevel",
-                        RestrictedExpression::new_long(tool.sensitivity.level()),
-                    ),
+                    ("sensitivityLevel", Value::from(tool.sensitivity.level())),
                 ],
-                HashSet::new(),
-            )?);
+                [],
+            ));
         }
-
         // No schema here: the schema checks cost more than the decision, and the
         // `input_conforms_to_the_schema` test holds this code to it instead.
-        let entities = Entities::from_entities(entities, None).map_err(|e| InputError::Entities(Box::new(e)))?;
+        let entities = cedar_policy_core::entities::Entities::from_entities(
+            entities,
+            None::<&cedar_policy_core::entities::NoEntitiesSchema>,
+            cedar_policy_core::entities::TCComputation::AssumeAlreadyComputed,
+            cedar_policy_core::extensions::Extensions::all_available(),
+        )
+        .map_err(|e| InputError::Entities(Box::new(e)))?;
+
+        let shared = BTreeMap::from([
+            (SmolStr::new_static("namespace"), string(&req.namespace)),
+            (SmolStr::new_static("grant"), string(&req.grant_name)),
+            (SmolStr::new_static("purpose"), string(&req.purpose)),
+            (SmolStr::new_static("ttlSeconds"), Value::from(req.ttl_seconds)),
+            (
+                SmolStr::new_static("dataSensitivity"),
+                string(req.data_sensitivity.as_str()),
+            ),
+            (
+                SmolStr::new_static("dataSensitivityLevel"),
+                Value::from(req.data_sensitivity.level()),
+            ),
+            (SmolStr::new_static("taskKind"), string(&req.task_kind)),
+            (SmolStr::new_static("taskName"), string(&req.task_name)),
+            (
+                SmolStr::new_static("requester"),
+                Value::from(ast::EntityUID::from(requester)),
+            ),
+        ]);
         Ok(IssueInput {
             principal,
             action: n.issue.clone(),
-            entities,
+            entities: Entities::from(entities),
+            shared,
         })
     }
 
@@ -294,66 +318,43 @@ impl IssueInput {
         uid(&NAMES.tool, &tool.name)
     }
 
+    /// The `IssueContext` record of the schema for `tool`, with the given approval.
+    pub fn context(&self, tool: &ToolRequest, approval: &ApprovalContext) -> Context {
+        Context::from(self.ast_context(tool, approval))
+    }
+
+    fn ast_context(&self, tool: &ToolRequest, approval: &ApprovalContext) -> ast::Context {
+        let mut context = self.shared.clone();
+        context.insert(SmolStr::new_static("actions"), strings(&tool.actions));
+        context.insert(SmolStr::new_static("destinations"), strings(&tool.destinations));
+        context.insert(
+            SmolStr::new_static("approval"),
+            Value::record(
+                [
+                    ("approved", Value::from(approval.approved)),
+                    ("approver", string(&approval.approver)),
+                    ("selfApproval", Value::from(approval.self_approval)),
+                ],
+                None,
+            ),
+        );
+        ast::Context::Value(Arc::new(context))
+    }
+
     /// The Cedar request for `tool`, with its context and the given approval.
-    pub fn request(
-        &self,
-        req: &IssueRequest,
-        tool: &ToolRequest,
-        approval: &ApprovalContext,
-    ) -> Result<Request, InputError> {
-        let context = issue_context(req, tool, approval)?;
-        Request::new(
-            self.principal.clone(),
-            self.action.clone(),
-            Self::resource(tool),
-            context,
-            None,
-        )
-        .map_err(|e| InputError::Request(Box::new(e)))
+    pub fn request(&self, tool: &ToolRequest, approval: &ApprovalContext) -> Request {
+        let known = |u: &EntityUid| ast::EntityUIDEntry::known(u.clone().into(), None);
+        Request::from(ast::Request::new_unchecked(
+            known(&self.principal),
+            known(&self.action),
+            known(&Self::resource(tool)),
+            Some(self.ast_context(tool, approval)),
+        ))
     }
 }
 
 fn requester_uid(req: &IssueRequest) -> EntityUid {
     uid(&NAMES.requester, &req.requester.username)
-}
-
-/// The `IssueContext` record of the schema for `tool` of `req`.
-pub fn issue_context(
-    req: &IssueRequest,
-    tool: &ToolRequest,
-    approval: &ApprovalContext,
-) -> Result<Context, InputError> {
-    let approval = RestrictedExpression::new_record([
-        (
-            "approved".to_string(),
-            RestrictedExpression::new_bool(approval.approved),
-        ),
-        ("approver".to_string(), string(&approval.approver)),
-        (
-            "selfApproval".to_string(),
-            RestrictedExpression::new_bool(approval.self_approval),
-        ),
-    ])
-    .map_err(|e| InputError::Context(Box::new(e.into())))?;
-    let pairs = [
-        ("namespace", string(&req.namespace)),
-        ("grant", string(&req.grant_name)),
-        ("purpose", string(&req.purpose)),
-        ("actions", strings(&tool.actions)),
-        ("destinations", strings(&tool.destinations)),
-        ("ttlSeconds", RestrictedExpression::new_long(req.ttl_seconds)),
-        ("dataSensitivity", string(req.data_sensitivity.as_str())),
-        (
-            "dataSensitivityLevel",
-            RestrictedExpression::new_long(req.data_sensitivity.level()),
-        ),
-        ("taskKind", string(&req.task_kind)),
-        ("taskName", string(&req.task_name)),
-        ("requester", RestrictedExpression::new_entity_uid(requester_uid(req))),
-        ("approval", approval),
-    ];
-    Context::from_pairs(pairs.into_iter().map(|(k, v)| (k.to_string(), v)))
-        .map_err(|e| InputError::Context(Box::new(e)))
 }
 
 #[cfg(test)]
@@ -446,8 +447,8 @@ pub(crate) mod tests {
         assert_eq!(attr(e, &stripe, "sensitivityLevel"), "2");
         assert_eq!(attr(e, &postgres, "sensitivity"), "\"internal\"");
         assert_eq!(attr(e, &postgres, "sensitivityLevel"), "1");
-        // Agent, namespace, requester, two distinct groups, two tools.
-        assert_eq!(e.len(), 7);
+        // Agent, requester, two tools; the namespace and groups are only ancestors.
+        assert_eq!(e.len(), 4);
     }
 
     #[test]
@@ -457,7 +458,9 @@ pub(crate) mod tests {
             name: "ok-1".into(),
             approver: "alice@example.com".into(),
         });
-        let ctx = issue_context(&req, &req.tools[0], &ApprovalContext::of(&req)).unwrap();
+        let ctx = IssueInput::new(&req)
+            .unwrap()
+            .context(&req.tools[0], &ApprovalContext::of(&req));
         let get = |k: &str| ctx.get(k).unwrap_or_else(|| panic!("no {k}"));
         assert_eq!(get("namespace"), EvalResult::String("team-payments".into()));
         assert_eq!(get("grant"), EvalResult::String("refund-run-42".into()));
@@ -495,7 +498,7 @@ pub(crate) mod tests {
         let req = request();
         let tool = &req.tools[0];
         let input = IssueInput::new(&req).unwrap();
-        let context = issue_context(&req, tool, &ApprovalContext::of(&req)).unwrap();
+        let context = input.context(tool, &ApprovalContext::of(&req));
         Request::new(
             input.principal.clone(),
             input.action.clone(),
@@ -505,6 +508,17 @@ pub(crate) mod tests {
         )
         .expect("request fits the schema");
         Entities::from_entities(input.entities.iter().cloned(), Some(schema)).expect("entities fit the schema");
+    }
+
+    #[test]
+    fn a_tool_named_twice_is_an_input_error() {
+        // The CRD refuses it. If it ever got through with two classifications, the
+        // engine must deny rather than pick one of them.
+        let mut req = request();
+        let mut again = req.tools[0].clone();
+        again.sensitivity = Sensitivity::Public;
+        req.tools.push(again);
+        assert!(matches!(IssueInput::new(&req), Err(InputError::Entities(_))));
     }
 
     #[test]
