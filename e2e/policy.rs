@@ -466,3 +466,42 @@ async fn the_webhook_keeps_recording_requesters_across_a_rotation_of_its_certifi
     f.wait_phase("after", GrantPhase::Issued).await;
     f.ns.cleanup().await;
 }
+
+#[tokio::test]
+async fn with_the_operator_gone_finalizers_can_be_removed_but_specs_cannot_change() {
+    // The webhook fails closed, but only for what it guards: creations and spec
+    // changes. Removing a finalizer by hand (uninstall, a stuck namespace) must not
+    // need a webhook that has no backend any more.
+    let mut f = fixture("pol-gone").await;
+    let alice = client_as("alice").await;
+    let g = grant_as(alice, &f.ns.name, "orphan", &["read"]).await;
+    assert_eq!(
+        g.metadata.finalizers.as_deref(),
+        Some(&["mandate.dev/revocation".to_string()][..])
+    );
+    f.op.kill().await;
+
+    let err = f
+        .grants
+        .patch(
+            "orphan",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "purpose": "something else" } })),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("webhook"), "{err}");
+
+    f.grants
+        .patch(
+            "orphan",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+        )
+        .await
+        .expect("a metadata-only update does not call the webhook");
+    let g = f.grants.get("orphan").await.unwrap();
+    assert!(g.metadata.finalizers.unwrap_or_default().is_empty());
+    assert_eq!(g.spec.purpose, "label and comment on new issues");
+    f.ns.cleanup().await;
+}

@@ -85,9 +85,28 @@ impl TestNamespace {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
+    /// Deletes the namespace, and takes the revocation finalizer off its grants: the
+    /// test's operator may be gone already, and nothing else would remove it, which
+    /// would leave the namespace (and its AgentPolicies) terminating for good and
+    /// loading every later test and benchmark run.
     pub async fn cleanup(self) {
         let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.name, &DeleteParams::default())
+            .await;
+        let grants: Api<mandate::api::ToolGrant> = self.api();
+        let names: Vec<String> = match grants.list(&Default::default()).await {
+            Ok(list) => list.items.iter().map(kube::ResourceExt::name_any).collect(),
+            Err(_) => vec![],
+        };
+        let unfinalize = kube::api::Patch::Merge(serde_json::json!({ "metadata": { "finalizers": null } }));
+        use futures::StreamExt;
+        futures::stream::iter(names)
+            .for_each_concurrent(16, |name| {
+                let (grants, patch) = (grants.clone(), &unfinalize);
+                async move {
+                    let _ = grants.patch(&name, &Default::default(), patch).await;
+                }
+            })
             .await;
     }
 }

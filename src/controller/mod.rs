@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{
     batch::v1::Job,
     core::v1::{Pod, Secret},
@@ -349,10 +349,21 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // Each cache is updated by the same watch that triggers the grant reconciles, before
     // the trigger passes on, so a reconcile never reads a state older than its trigger.
     // Every cache keeps only the fields Mandate reads (see `slim`).
-    let grant_events = watcher(grants.clone(), watcher::Config::default())
+    // The same watch tells the identity controller which identities' grants changed,
+    // so grants are decoded once (not once more by a watch of its own).
+    let (identity_tx, identity_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<AgentIdentity>>();
+    let grant_events = watcher(grants, watcher::Config::default())
         .default_backoff()
         .modify(slim::grant)
         .reflect(grant_writer)
+        .inspect_ok(move |event| {
+            if let watcher::Event::Apply(g) | watcher::Event::Delete(g) | watcher::Event::InitApply(g) = event {
+                let identity = ObjectRef::new(&g.spec.identity_ref.name).within(&g.namespace().unwrap_or_default());
+                // The receiver lives as long as the identity controller; if it has
+                // stopped, the operator is shutting down.
+                let _ = identity_tx.send(identity);
+            }
+        })
         .applied_objects();
     let grant_controller = Controller::for_stream(grant_events, grant_store.clone());
     let identity_controller = Controller::new(api_for::<AgentIdentity>(&client, ns), watcher::Config::default())
@@ -448,10 +459,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             }
         });
 
+    let identity_triggers = futures::stream::unfold(identity_rx, |mut rx| async move {
+        rx.recv().await.map(|identity| (identity, rx))
+    });
     let identity_controller = identity_controller
-        .watches(grants, watcher::Config::default(), |g: ToolGrant| {
-            Some(ObjectRef::new(&g.spec.identity_ref.name).within(&g.namespace().unwrap_or_default()))
-        })
+        .reconcile_on(identity_triggers)
         .shutdown_on_signal()
         .run(identity::reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {

@@ -65,6 +65,14 @@ fn webhook(reg: &Registration, name: &str, path: &str, ca_bundle: &str, mutating
             "scope": "Namespaced",
         }],
     });
+    // Only creations and spec changes are Mandate's business. Leaving metadata-only
+    // updates out (finalizers, labels) means a grant's finalizer can still be removed
+    // by hand when the operator is gone, instead of a fail-closed webhook with no
+    // backend holding every grant, and with them their namespace, forever.
+    hook["matchConditions"] = json!([{
+        "name": "creation-or-spec-change",
+        "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec",
+    }]);
     if mutating {
         hook["reinvocationPolicy"] = json!("Never");
     }
