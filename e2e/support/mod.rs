@@ -88,12 +88,14 @@ impl TestNamespace {
     /// Deletes the namespace, and takes the revocation finalizer off its grants: the
     /// test's operator may be gone already, and nothing else would remove it, which
     /// would leave the namespace (and its AgentPolicies) terminating for good and
-    /// loading every later test and benchmark run.
+    /// loading every later test and benchmark run. The grants are deleted first, so a
+    /// still running operator cannot put the finalizer back (the API server refuses
+    /// new finalizers on an object being deleted).
     pub async fn cleanup(self) {
-        let _ = Api::<Namespace>::all(self.client.clone())
-            .delete(&self.name, &DeleteParams::default())
-            .await;
         let grants: Api<mandate::api::ToolGrant> = self.api();
+        let _ = grants
+            .delete_collection(&DeleteParams::default(), &Default::default())
+            .await;
         let names: Vec<String> = match grants.list(&Default::default()).await {
             Ok(list) => list.items.iter().map(kube::ResourceExt::name_any).collect(),
             Err(_) => vec![],
@@ -107,6 +109,9 @@ impl TestNamespace {
                     let _ = grants.patch(&name, &Default::default(), patch).await;
                 }
             })
+            .await;
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::default())
             .await;
     }
 }
