@@ -87,6 +87,12 @@ pub struct RunArgs {
     #[arg(long, env = "MANDATE_WEBHOOK_CERT_VALIDITY", default_value = "24h")]
     pub webhook_cert_validity: kube::core::Duration,
 
+    /// How many grants are reconciled at once. Each reconcile in flight holds API
+    /// connections and buffers; past the point where the API server is the bottleneck,
+    /// more only costs memory.
+    #[arg(long, env = "MANDATE_GRANT_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub grant_concurrency: u16,
+
     /// Address of the plain-HTTP `/metrics` and `/healthz` endpoints.
     #[arg(long, env = "MANDATE_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     pub metrics_listen: std::net::SocketAddr,

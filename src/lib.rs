@@ -3,6 +3,7 @@
 //! The library holds everything; the `mandate` binary only parses flags and wires
 //! tasks together (see `main.rs`).
 
+pub mod allocator;
 pub mod api;
 pub mod cli;
 pub mod conditions;

@@ -1,14 +1,13 @@
 use clap::Parser;
 use mandate::cli::{Cli, Command};
 
-/// Policy decisions and the watch caches allocate many small, short-lived objects;
-/// mimalloc serves them faster than glibc's allocator and returns freed pages
-/// instead of keeping per-thread arenas (docs/benchmarks.md has both numbers).
+/// See `mandate::allocator` for why mimalloc, and how it is tuned.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    mandate::allocator::tune();
     let cli = Cli::parse();
     match cli.command {
         Command::Crds => match mandate::api::crds_yaml() {

@@ -365,7 +365,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             }
         })
         .applied_objects();
-    let grant_controller = Controller::for_stream(grant_events, grant_store.clone());
+    let grant_controller = Controller::for_stream(grant_events, grant_store.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(args.grant_concurrency));
     let identity_controller = Controller::new(api_for::<AgentIdentity>(&client, ns), watcher::Config::default())
         // A burst of grant changes for one identity becomes one status update.
         .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)));
