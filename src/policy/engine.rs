@@ -15,7 +15,7 @@ use std::fmt;
 use cedar_policy::{Authorizer, Decision, PolicySet, Request, Response};
 
 use super::compile::{Compiled, Effect};
-use super::index::{PrincipalScope, Scope, ScopeIndex, relaxed};
+use super::index::{PrincipalScope, ScopeIndex, classify};
 use super::input::{ApprovalContext, IssueInput, IssueRequest, ToolRequest};
 use crate::api::PolicyMode;
 
@@ -135,7 +135,7 @@ struct Group {
 /// One policy while the store is built.
 struct Numbered {
     written: cedar_policy::Policy,
-    /// Without the scope constraints its index bucket implies ([`relaxed`]).
+    /// Without the scope constraints its index bucket implies ([`classify`]).
     indexed: cedar_policy::Policy,
     matcher: usize,
     audit: bool,
@@ -430,7 +430,8 @@ impl PolicyStore {
             let mut numbers = Vec::new();
             for p in entry.compiled.policies {
                 let Ok(n) = u32::try_from(all.len()) else { break };
-                index.insert(&Scope::of(&p.policy), n);
+                let (scope, relaxed) = classify(&p.policy);
+                index.insert(&scope, n);
                 numbers.push(n);
                 let requires_approval = p.requires_approval && p.effect == Effect::Forbid;
                 policies.insert(
@@ -441,7 +442,7 @@ impl PolicyStore {
                     },
                 );
                 all.push(Numbered {
-                    indexed: relaxed(&p.policy).unwrap_or_else(|| p.policy.clone()),
+                    indexed: relaxed.unwrap_or_else(|| p.policy.clone()),
                     written: p.policy,
                     matcher,
                     audit,

@@ -118,32 +118,47 @@ fn principal_position(policy: &Policy) -> Position<PrincipalScope> {
 }
 
 impl Scope {
+    #[cfg(test)]
     pub fn of(policy: &Policy) -> Scope {
-        Scope {
-            actions: action_position(policy).bucket,
-            tool: tool_position(policy).bucket,
-            principal: principal_position(policy).bucket.unwrap_or(PrincipalScope::Any),
-        }
+        classify(policy).0
     }
 }
 
-/// `policy` as evaluated from the index: the same id, effect, annotations and
-/// conditions, without the scope constraints its bucket already guarantees.
+/// A policy's scope, as the index buckets it, and the policy as evaluated from its
+/// bucket: the same id, effect, annotations and conditions, without the scope
+/// constraints the bucket already guarantees (`None` when nothing is implied, or the
+/// policy cannot be rewritten; it is then used as written).
 ///
 /// Evaluating `principal in Mandate::Namespace::"x"` costs an entity lookup and an
 /// ancestor check for every policy of every decision, though the index only ever
 /// hands this policy to requests by agents of that namespace. Dropping what is
 /// implied cuts the cost of evaluating a scoped policy by about a third and cannot
-/// change its answer for those requests. The result must only be evaluated
-/// through the index; `None` when nothing is implied (or the policy cannot be
-/// rewritten), and the policy is then used as written.
-pub fn relaxed(policy: &Policy) -> Option<Policy> {
+/// change its answer for those requests. The rewritten policy must only be
+/// evaluated through the index.
+pub fn classify(policy: &Policy) -> (Scope, Option<Policy>) {
+    let (action, tool, principal) = (
+        action_position(policy),
+        tool_position(policy),
+        principal_position(policy),
+    );
+    let relaxed = relaxed(
+        policy,
+        [
+            ("action", action.implied),
+            ("resource", tool.implied),
+            ("principal", principal.implied),
+        ],
+    );
+    let scope = Scope {
+        actions: action.bucket,
+        tool: tool.bucket,
+        principal: principal.bucket.unwrap_or(PrincipalScope::Any),
+    };
+    (scope, relaxed)
+}
+
+fn relaxed(policy: &Policy, implied: [(&str, bool); 3]) -> Option<Policy> {
     let unconstrained = || serde_json::json!({ "op": "All" });
-    let implied = [
-        ("action", action_position(policy).implied),
-        ("resource", tool_position(policy).implied),
-        ("principal", principal_position(policy).implied),
-    ];
     if !implied.iter().any(|(_, i)| *i) {
         return None;
     }
@@ -359,7 +374,7 @@ mod tests {
     fn relaxed_drops_only_what_the_bucket_implies() {
         let relax = |text: &str| {
             let policy = Policy::parse(Some(cedar_policy::PolicyId::new("pol")), text).unwrap();
-            relaxed(&policy).map(|r| {
+            classify(&policy).1.map(|r| {
                 assert_eq!(r.id(), policy.id());
                 assert_eq!(r.effect(), policy.effect());
                 r.to_json().unwrap()
