@@ -5,14 +5,20 @@
 //! whenever an AgentPolicy (or a namespace's labels) changes and swaps an `Arc`, so
 //! a decision never sees half an update and needs no lock.
 //!
-//! A decision evaluates, per tool, only the policy sets whose scope can match, and
-//! combines their answers with Cedar's own rule (allow iff some permit and no forbid
-//! is satisfied), which gives exactly the answer of one set holding them all.
+//! A decision evaluates, per tool, only the policies whose scope can match, each with
+//! Cedar's own evaluator, and combines them with Cedar's rule (allow iff some permit
+//! and no forbid is satisfied), which gives exactly the answer of one policy set
+//! holding them all. The store calls the evaluator rather than Cedar's `Authorizer`:
+//! the authorizer's per-call bookkeeping (a response listing every policy, satisfied
+//! or not) and the scope expression it rebuilds for each policy on each call cost more
+//! than evaluating the handful of policies the index selects.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use cedar_policy::{Authorizer, Decision, PolicySet, Request, Response};
+use cedar_policy_core::ast::{self, Expr, ExprKind, Literal, SlotEnv, ValueKind};
+use cedar_policy_core::evaluator::Evaluator;
+use cedar_policy_core::extensions::Extensions;
 
 use super::compile::{Compiled, Effect};
 use super::index::{PrincipalScope, ScopeIndex, classify};
@@ -114,31 +120,38 @@ impl IssueDecision {
     }
 }
 
-/// A policy as the store keeps it, for what Cedar's answers do not say.
+/// A usable policy, as decisions evaluate it.
 #[derive(Debug)]
 struct StoredPolicy {
+    /// `<AgentPolicy>/<policy id>`.
+    id: String,
+    effect: Effect,
     requires_approval: bool,
     audit: bool,
+    /// Index into `PolicyStore::matchers`.
+    matcher: usize,
+    /// The whole condition as written: scope and body. Built once here, because
+    /// Cedar builds it afresh from the policy each time it is asked.
+    written: Expr,
+    /// The condition without the scope constraints its index bucket implies
+    /// ([`classify`]): what a policy selected through the index is evaluated with.
+    indexed: Expr,
+    /// Slot values: always empty (templates are refused at compile time), kept so
+    /// evaluation never assumes it.
+    env: SlotEnv,
 }
 
-/// Policies evaluated together: one Cedar policy set, all Enforce or all Audit, all
-/// selected by the same namespaces.
+/// Policies evaluated together: all Enforce or all Audit, all selected by the same
+/// namespaces. Numbers index `PolicyStore::policies`.
 #[derive(Debug)]
 struct Group {
     /// Index into `PolicyStore::matchers`; `None` when the group's namespace
     /// selection was settled when the store was built.
     matcher: Option<usize>,
     audit: bool,
-    set: PolicySet,
-}
-
-/// One policy while the store is built.
-struct Numbered {
-    written: cedar_policy::Policy,
-    /// Without the scope constraints its index bucket implies ([`classify`]).
-    indexed: cedar_policy::Policy,
-    matcher: usize,
-    audit: bool,
+    /// Whether members are evaluated with their `indexed` or `written` condition.
+    indexed: bool,
+    policies: Vec<u32>,
 }
 
 /// An AgentPolicy that cannot be used, and why.
@@ -156,18 +169,16 @@ struct Invalid {
 pub struct PolicyStore {
     /// Distinct namespace selections of the valid AgentPolicies.
     matchers: Vec<NamespaceMatcher>,
-    /// By qualified id.
-    policies: HashMap<String, StoredPolicy>,
-    /// Policy sets by scope: what `decide_issue` evaluates.
+    /// Every usable policy, numbered.
+    policies: Vec<StoredPolicy>,
+    /// Policy numbers by qualified id.
+    by_id: HashMap<String, u32>,
+    /// Policy groups by scope: what `decide_issue` evaluates.
     index: ScopeIndex<Vec<Group>>,
     /// One group per valid AgentPolicy and mode: what `decide_issue_evaluating_all`
     /// evaluates.
     owners: Vec<Group>,
     invalid: Vec<Invalid>,
-    /// Set if Cedar refused to assemble a policy set (it cannot, given unique ids;
-    /// but if it did, every decision denies rather than evaluate a partial set).
-    broken: Option<String>,
-    authorizer: Authorizer,
 }
 
 /// How policies are chosen: through the scope index, or every policy of the
@@ -226,20 +237,35 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, response: &Response) {
-        // Cedar's reasons are the satisfied forbids when any forbid is satisfied,
-        // otherwise the satisfied permits. A group denied by a forbid may hide
-        // satisfied permits, but then the union is denied anyway.
-        let reasons = response
-            .diagnostics()
-            .reason()
-            .map(|id| AsRef::<str>::as_ref(id).to_owned());
-        match response.decision() {
-            Decision::Allow => self.permits.extend(reasons),
-            Decision::Deny => self.forbids.extend(reasons),
-        }
-        for cedar_policy::AuthorizationError::PolicyEvaluationError(e) in response.diagnostics().errors() {
-            self.errors.insert((e.policy_id().to_string(), e.inner().to_string()));
+    /// Evaluates `group`'s policies for the request `eval` holds. An error counts as
+    /// neither permit nor forbid, as in Cedar, and is recorded: [`failure`] turns any
+    /// into a Deny.
+    fn add(&mut self, store: &PolicyStore, eval: &Evaluator<'_>, group: &Group) {
+        for &n in &group.policies {
+            let p = &store.policies[n as usize];
+            let condition = if group.indexed { &p.indexed } else { &p.written };
+            // A condition is a conjunction, which Cedar only ever evaluates to a
+            // boolean or an error; anything else is treated as an error all the same.
+            let satisfied = eval
+                .interpret(condition, &p.env)
+                .map_err(|e| e.to_string())
+                .and_then(|v| match v.value_kind() {
+                    ValueKind::Lit(Literal::Bool(b)) => Ok(*b),
+                    _ => Err(format!("the condition evaluated to {v}, not a boolean")),
+                });
+            match satisfied {
+                Ok(false) => {}
+                Ok(true) => {
+                    let satisfied = match p.effect {
+                        Effect::Permit => &mut self.permits,
+                        Effect::Forbid => &mut self.forbids,
+                    };
+                    satisfied.insert(p.id.clone());
+                }
+                Err(e) => {
+                    self.errors.insert((p.id.clone(), e));
+                }
+            }
         }
     }
 
@@ -270,10 +296,11 @@ struct ToolEval<'a> {
     req: &'a IssueRequest,
     tool: &'a ToolRequest,
     input: &'a IssueInput,
-    enforce: Vec<&'a PolicySet>,
-    audit: Vec<&'a PolicySet>,
-    /// (actual approval, hypothetical approval) requests, built once each.
-    requests: [Option<Request>; 2],
+    enforce: Vec<&'a Group>,
+    audit: Vec<&'a Group>,
+    /// Evaluators of the (actual approval, hypothetical approval) requests, built
+    /// once each.
+    evaluators: [Option<Evaluator<'a>>; 2],
     /// Tallies by [enforce, audit] x [actual, hypothetical].
     tallies: [[Option<Tally>; 2]; 2],
 }
@@ -282,18 +309,23 @@ impl<'a> ToolEval<'a> {
     fn tally(&mut self, audit: bool, hypothetical: bool) -> &Tally {
         let (m, a) = (usize::from(audit), usize::from(hypothetical));
         if self.tallies[m][a].is_none() {
-            let request = self.requests[a].get_or_insert_with(|| {
+            let (req, tool, input) = (self.req, self.tool, self.input);
+            let eval = self.evaluators[a].get_or_insert_with(|| {
                 let approval = if hypothetical {
                     ApprovalContext::hypothetical()
                 } else {
-                    ApprovalContext::of(self.req)
+                    ApprovalContext::of(req)
                 };
-                self.input.request(self.tool, &approval)
+                Evaluator::new(
+                    input.ast_request(tool, &approval),
+                    input.entities.as_ref(),
+                    Extensions::all_available(),
+                )
             });
             let mut tally = Tally::default();
-            let sets = if audit { &self.audit } else { &self.enforce };
-            for set in sets {
-                tally.add(&self.store.authorizer.is_authorized(request, set, &self.input.entities));
+            let groups = if audit { &self.audit } else { &self.enforce };
+            for group in groups {
+                tally.add(self.store, eval, group);
             }
             self.tallies[m][a] = Some(tally);
         }
@@ -400,12 +432,10 @@ impl PolicyStore {
     /// `decide_issue`). Two entries with the same name make the later one invalid.
     pub fn new(entries: Vec<AgentPolicyEntry>) -> Self {
         let mut matchers: Vec<NamespaceMatcher> = Vec::new();
-        let mut policies = HashMap::new();
+        let mut policies: Vec<StoredPolicy> = Vec::new();
+        let mut by_id = HashMap::new();
         let mut invalid = Vec::new();
-        // Everything a leaf or an owner group needs, by policy number: the policy as
-        // written, as evaluated from the index, its namespace selection and mode.
-        let mut all: Vec<Numbered> = Vec::new();
-        let mut owners: Vec<(usize, bool, Vec<u32>)> = Vec::new();
+        let mut owners = Vec::new();
         let mut index = ScopeIndex::<Vec<u32>>::default();
         let mut seen = BTreeSet::new();
         for entry in entries {
@@ -429,53 +459,40 @@ impl PolicyStore {
             let audit = entry.mode == PolicyMode::Audit;
             let mut numbers = Vec::new();
             for p in entry.compiled.policies {
-                let Ok(n) = u32::try_from(all.len()) else { break };
+                let Ok(n) = u32::try_from(policies.len()) else { break };
                 let (scope, relaxed) = classify(&p.policy);
                 index.insert(&scope, n);
                 numbers.push(n);
-                let requires_approval = p.requires_approval && p.effect == Effect::Forbid;
-                policies.insert(
-                    p.qualified_id,
-                    StoredPolicy {
-                        requires_approval,
-                        audit,
-                    },
-                );
-                all.push(Numbered {
-                    indexed: relaxed.unwrap_or_else(|| p.policy.clone()),
-                    written: p.policy,
-                    matcher,
+                let written = condition(p.policy.as_ref());
+                by_id.insert(p.qualified_id.clone(), n);
+                policies.push(StoredPolicy {
+                    id: p.qualified_id,
+                    effect: p.effect,
+                    requires_approval: p.requires_approval && p.effect == Effect::Forbid,
                     audit,
+                    matcher,
+                    indexed: relaxed
+                        .as_ref()
+                        .map_or_else(|| written.clone(), |r| condition(r.as_ref())),
+                    written,
+                    env: AsRef::<ast::Policy>::as_ref(&p.policy).env().clone(),
                 });
             }
-            owners.push((matcher, audit, numbers));
+            owners.push(Group {
+                matcher: Some(matcher),
+                audit,
+                indexed: false,
+                policies: numbers,
+            });
         }
 
-        let mut broken = None;
-        let mut group = |numbers: Vec<u32>, matcher: Option<usize>, audit: bool, indexed: bool| {
-            let set = PolicySet::from_policies(numbers.iter().map(|&n| {
-                let p = &all[n as usize];
-                if indexed { p.indexed.clone() } else { p.written.clone() }
-            }));
-            match set {
-                Ok(set) => Some(Group { matcher, audit, set }),
-                Err(e) => {
-                    broken.get_or_insert(format!("failed to assemble a Cedar policy set: {e}"));
-                    None
-                }
-            }
-        };
-        let owner_groups: Vec<Group> = owners
-            .into_iter()
-            .filter_map(|(matcher, audit, numbers)| group(numbers, Some(matcher), audit, false))
-            .collect();
         let index = index.map(|principal, numbers| {
             // Split each leaf by mode and namespace selection. A leaf scoped to one
             // namespace knows already which AgentPolicies select it, so it needs
             // no check per request and fewer, larger groups.
             let mut split: BTreeMap<(Option<usize>, bool), Vec<u32>> = BTreeMap::new();
             for n in numbers {
-                let Numbered { matcher, audit, .. } = all[n as usize];
+                let StoredPolicy { matcher, audit, .. } = policies[n as usize];
                 let key = match principal {
                     PrincipalScope::Namespace(ns) if !matchers[matcher].applies_to(ns) => continue,
                     PrincipalScope::Namespace(_) => None,
@@ -485,18 +502,22 @@ impl PolicyStore {
             }
             split
                 .into_iter()
-                .filter_map(|((matcher, audit), numbers)| group(numbers, matcher, audit, true))
+                .map(|((matcher, audit), policies)| Group {
+                    matcher,
+                    audit,
+                    indexed: true,
+                    policies,
+                })
                 .collect()
         });
 
         PolicyStore {
             matchers,
             policies,
+            by_id,
             index,
-            owners: owner_groups,
+            owners,
             invalid,
-            broken,
-            authorizer: Authorizer::new(),
         }
     }
 
@@ -540,9 +561,6 @@ impl PolicyStore {
 
     fn decide(&self, req: &IssueRequest, selection: Selection) -> IssueDecision {
         let mut evaluation_errors = Vec::new();
-        if let Some(broken) = &self.broken {
-            return IssueDecision::deny(broken.clone());
-        }
         for bad in self.invalid.iter().filter(|b| b.namespaces.applies_to(&req.namespace)) {
             match bad.mode {
                 PolicyMode::Enforce => {
@@ -619,7 +637,7 @@ impl PolicyStore {
                 let audit_ids = union
                     .policies()
                     .iter()
-                    .filter(|id| self.policies.get(*id).is_some_and(|p| p.audit));
+                    .filter(|id| self.policy(id).is_some_and(|p| p.audit));
                 let before = audit_denials.len();
                 audit_denials.extend(audit_ids.cloned());
                 if audit_denials.len() == before && union.policies().is_empty() {
@@ -668,16 +686,41 @@ impl PolicyStore {
             req,
             tool,
             input,
-            enforce: enforce.into_iter().map(|g| &g.set).collect(),
-            audit: audit.into_iter().map(|g| &g.set).collect(),
-            requests: [None, None],
+            enforce,
+            audit,
+            evaluators: [None, None],
             tallies: [[None, None], [None, None]],
         }
     }
 
-    fn needs_approval(&self, id: &str) -> bool {
-        self.policies.get(id).is_some_and(|p| p.requires_approval)
+    fn policy(&self, id: &str) -> Option<&StoredPolicy> {
+        self.by_id.get(id).map(|&n| &self.policies[n as usize])
     }
+
+    fn needs_approval(&self, id: &str) -> bool {
+        self.policy(id).is_some_and(|p| p.requires_approval)
+    }
+}
+
+/// A policy's condition as Cedar evaluates it: its scope constraints and body in one
+/// conjunction, left to right, but without the `true` each unconstrained scope
+/// position (and a missing body) contributes. Most policies selected through the
+/// index have no scope constraint left ([`classify`]), and those `true`s would be
+/// most of what evaluating them costs.
+fn condition(policy: &ast::Policy) -> Expr {
+    [
+        policy.principal_constraint().as_expr(),
+        policy.action_constraint().as_expr(),
+        policy.resource_constraint().as_expr(),
+        policy
+            .non_scope_constraints()
+            .cloned()
+            .unwrap_or_else(|| Expr::val(true)),
+    ]
+    .into_iter()
+    .filter(|e| !matches!(e.expr_kind(), ExprKind::Lit(Literal::Bool(true))))
+    .reduce(Expr::and)
+    .unwrap_or_else(|| Expr::val(true))
 }
 
 /// Why an entry cannot be used, if it cannot.
@@ -1124,6 +1167,10 @@ unless { context.approval.approved && !context.approval.selfApproval };
     }
 
     fn random_store(rng: &mut StdRng) -> PolicyStore {
+        PolicyStore::new(random_entries(rng))
+    }
+
+    fn random_entries(rng: &mut StdRng) -> Vec<AgentPolicyEntry> {
         let mut entries = Vec::new();
         for i in 0..rng.random_range(1..6) {
             let text: String = (0..rng.random_range(1..8)).map(|_| random_policy(rng)).collect();
@@ -1147,7 +1194,7 @@ unless { context.approval.approved && !context.approval.selfApproval };
             assert!(e.compiled.is_valid(), "{text}\n{:?}", e.compiled.errors);
             entries.push(e);
         }
-        PolicyStore::new(entries)
+        entries
     }
 
     fn random_request(rng: &mut StdRng) -> IssueRequest {
@@ -1221,5 +1268,53 @@ unless { context.approval.approved && !context.approval.selfApproval };
             assert!(outcomes.get(&o).copied().unwrap_or(0) > 100, "{outcomes:?}");
         }
         assert!(audited > 50 && errored > 50, "audited {audited}, errored {errored}");
+    }
+
+    /// The store evaluates policies with Cedar's evaluator and combines the answers
+    /// itself; Cedar's own `Authorizer`, over one policy set holding every Enforce
+    /// policy that selects the namespace, is the reference it must agree with: a
+    /// grant is allowed exactly when Cedar allows each tool without an error, and by
+    /// the same permits.
+    #[test]
+    fn decisions_agree_with_cedars_authorizer_over_one_policy_set() {
+        use crate::policy::input::{ApprovalContext, IssueInput};
+        let mut rng = StdRng::seed_from_u64(0x0063_6564_6172);
+        let (mut allowed, mut refused) = (0, 0);
+        for _ in 0..120 {
+            let entries = random_entries(&mut rng);
+            let store = PolicyStore::new(entries.clone());
+            for _ in 0..40 {
+                let req = random_request(&mut rng);
+                let set = cedar_policy::PolicySet::from_policies(
+                    entries
+                        .iter()
+                        .filter(|e| e.mode == PolicyMode::Enforce && e.namespaces.applies_to(&req.namespace))
+                        .flat_map(|e| e.compiled.policies.iter().map(|p| p.policy.clone())),
+                )
+                .expect("unique ids");
+                let input = IssueInput::new(&req).expect("valid input");
+                let mut cedar_allows = true;
+                let mut permits = BTreeSet::new();
+                for tool in &req.tools {
+                    let response = cedar_policy::Authorizer::new().is_authorized(
+                        &input.request(tool, &ApprovalContext::of(&req)),
+                        &set,
+                        &input.entities,
+                    );
+                    let clean = response.diagnostics().errors().next().is_none();
+                    cedar_allows &= clean && response.decision() == cedar_policy::Decision::Allow;
+                    permits.extend(response.diagnostics().reason().map(|id| id.to_string()));
+                }
+                let ours = store.decide_issue(&req);
+                assert_eq!(ours.outcome == Outcome::Allow, cedar_allows, "{req:?}\n{ours:?}");
+                if cedar_allows {
+                    assert_eq!(ours.policies, permits.into_iter().collect::<Vec<_>>(), "{req:?}");
+                    allowed += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+        }
+        assert!(allowed > 200 && refused > 200, "allowed {allowed}, refused {refused}");
     }
 }

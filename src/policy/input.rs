@@ -343,13 +343,18 @@ impl IssueInput {
 
     /// The Cedar request for `tool`, with its context and the given approval.
     pub fn request(&self, tool: &ToolRequest, approval: &ApprovalContext) -> Request {
+        Request::from(self.ast_request(tool, approval))
+    }
+
+    /// [`request`](Self::request) in the form Cedar's evaluator takes.
+    pub(crate) fn ast_request(&self, tool: &ToolRequest, approval: &ApprovalContext) -> ast::Request {
         let known = |u: &EntityUid| ast::EntityUIDEntry::known(u.clone().into(), None);
-        Request::from(ast::Request::new_unchecked(
+        ast::Request::new_unchecked(
             known(&self.principal),
             known(&self.action),
             known(&Self::resource(tool)),
             Some(self.ast_context(tool, approval)),
-        ))
+        )
     }
 }
 
