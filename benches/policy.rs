@@ -163,6 +163,12 @@ fn request(rng: &mut StdRng) -> IssueRequest {
     } else {
         rng.random_range(2..4)
     };
+    // `MANDATE_POLICY_BENCH_TOOLS=3` makes every grant name that many tools (the
+    // slowest decisions, for profiling the tail).
+    let count = std::env::var("MANDATE_POLICY_BENCH_TOOLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(count);
     let mut tools: Vec<ToolRequest> = (0..count).map(|_| tool_request(rng, n)).collect();
     tools.sort_by(|a, b| a.name.cmp(&b.name));
     tools.dedup_by(|a, b| a.name == b.name);
