@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::{admissionregistration::v1::MutatingWebhookConfiguration, events::v1::Event};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
@@ -333,6 +333,78 @@ when { context.requester.username == "alice" };"#,
         f.grants.get("by-bob").await.unwrap().spec.requester.unwrap().username,
         "bob"
     );
+    f.ns.cleanup().await;
+}
+
+/// The ValidatingAdmissionPolicy checks the recorded requester on its own, inside the
+/// API server: with Mandate's mutating webhook gone (deleted, or bypassed by another
+/// mutating webhook rewriting the field), a forged or missing requester is refused,
+/// and the exact authenticated user is admitted.
+#[tokio::test]
+async fn threat_6_with_the_mutating_webhook_bypassed_the_admission_policy_refuses_a_forged_requester() {
+    let f = fixture("pol-vap").await;
+    let alice = client_as("alice").await;
+    // What the webhook records for alice, to replay it by hand below.
+    let recorded = grant_as(alice.clone(), &f.ns.name, "recorded", &["read"])
+        .await
+        .spec
+        .requester
+        .expect("recorded at creation");
+    let hooks: Api<MutatingWebhookConfiguration> = Api::all(client().await);
+    hooks
+        .delete(&format!("mandate-{}", f.ns.name), &Default::default())
+        .await
+        .unwrap();
+
+    let manifest = |name: &str, requester: Option<serde_json::Value>| -> ToolGrant {
+        let mut spec = json!({
+            "identityRef": { "name": "triage" },
+            "taskRef": { "apiVersion": "batch/v1", "kind": "Job", "name": "work" },
+            "tools": tools(&["read"]), "purpose": "x",
+        });
+        if let Some(r) = requester {
+            spec["requester"] = r;
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrant", "metadata": { "name": name }, "spec": spec,
+        }))
+        .unwrap()
+    };
+    let as_alice: Api<ToolGrant> = Api::namespaced(alice, &f.ns.name);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    // The API server drops the webhook from its cache shortly after the delete: until
+    // then the webhook refuses first, with its own message.
+    let forged = manifest("forged", Some(json!({ "username": "root" })));
+    let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
+    let refusal = loop {
+        let err = as_alice.create(&dry, &forged).await.unwrap_err().to_string();
+        if err.contains("ValidatingAdmissionPolicy") || tokio::time::Instant::now() > deadline {
+            break err;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        refusal.contains("ValidatingAdmissionPolicy") && refusal.contains("does not match the authenticated user"),
+        "{refusal}"
+    );
+    let err = as_alice.create(&dry, &manifest("missing", None)).await.unwrap_err();
+    assert!(err.to_string().contains("spec.requester was not recorded"), "{err}");
+    // Someone else's exact record is still a forgery.
+    let bob = client_as("bob").await;
+    let as_bob: Api<ToolGrant> = Api::namespaced(bob, &f.ns.name);
+    let err = as_bob
+        .create(&dry, &manifest("replayed", Some(json!(recorded))))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not match the authenticated user"), "{err}");
+    // The authenticated user, exactly as the webhook records it, is admitted.
+    as_alice
+        .create(&dry, &manifest("honest", Some(json!(recorded))))
+        .await
+        .expect("the exact authenticated user is admitted");
     f.ns.cleanup().await;
 }
 

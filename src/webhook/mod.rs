@@ -167,7 +167,6 @@ async fn accept_loop(listener: TcpListener, cert: Arc<tls::RotatingCert>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(cert));
     let app = Router::new()
         .route("/mutate", post(mutate))
-        .route("/validate", post(validate))
         .with_state(());
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -203,13 +202,6 @@ async fn mutate(
     Json(review): Json<AdmissionReview<DynamicObject>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
     Json(review_with(review, "mutate", admission::mutate))
-}
-
-async fn validate(
-    State(()): State<()>,
-    Json(review): Json<AdmissionReview<DynamicObject>>,
-) -> Json<AdmissionReview<DynamicObject>> {
-    Json(review_with(review, "validate", admission::validate))
 }
 
 fn review_with(
