@@ -144,6 +144,11 @@ pub fn spawn(cfg: LedgerConfig) -> Ledger {
 async fn run(cfg: LedgerConfig, mut rx: mpsc::Receiver<Request>) {
     let api: Api<ConfigMap> = Api::namespaced(cfg.client.clone(), &cfg.namespace);
     let mut refresh = tokio::time::interval(cfg.validity / 2);
+    // The ConfigMap as our last write left it: the next write starts from it instead
+    // of reading it back (a GET of the whole ledger per batch). Its resourceVersion
+    // guards the write, so if anyone else wrote since, the write conflicts and the
+    // ConfigMap is read fresh.
+    let mut last: Option<ConfigMap> = None;
     loop {
         let mut batch: Vec<Request> = vec![];
         tokio::select! {
@@ -160,7 +165,7 @@ async fn run(cfg: LedgerConfig, mut rx: mpsc::Receiver<Request>) {
             }
         }
         let new: Vec<Revoked> = batch.iter().flat_map(|r| r.entries.iter().cloned()).collect();
-        let result = write(&api, &cfg, &new).await;
+        let result = write(&api, &cfg, &new, &mut last).await;
         if let Err(e) = &result {
             warn!(error = %e, "failed to publish the CRL");
         }
@@ -170,18 +175,27 @@ async fn run(cfg: LedgerConfig, mut rx: mpsc::Receiver<Request>) {
     }
 }
 
-/// Reads, merges, signs and writes, retrying on write conflicts.
-async fn write(api: &Api<ConfigMap>, cfg: &LedgerConfig, new: &[Revoked]) -> Result<(), LedgerError> {
+/// Reads (or starts from `last`), merges, signs and writes, retrying on write
+/// conflicts; leaves what it wrote in `last`.
+async fn write(
+    api: &Api<ConfigMap>,
+    cfg: &LedgerConfig,
+    new: &[Revoked],
+    last: &mut Option<ConfigMap>,
+) -> Result<(), LedgerError> {
     for _attempt in 0..10 {
         let ca_state = cfg.ca.borrow().clone();
         let ca = match ca_state {
             CaState::Ready(ca) => ca,
             CaState::Unavailable { message, .. } => return Err(LedgerError::CaUnavailable(message)),
         };
-        let current = api
-            .get_opt(&cfg.name)
-            .await
-            .map_err(|e| LedgerError::Write(e.to_string()))?;
+        let current = match last.take() {
+            Some(ours) => Some(ours),
+            None => api
+                .get_opt(&cfg.name)
+                .await
+                .map_err(|e| LedgerError::Write(e.to_string()))?,
+        };
         let stored = current.as_ref().map(parse).unwrap_or_default();
         let now = Timestamp::now();
         let entries = merge(&stored.entries, new, now);
@@ -228,7 +242,8 @@ async fn write(api: &Api<ConfigMap>, cfg: &LedgerConfig, new: &[Revoked]) -> Res
             None => api.create(&PostParams::default(), &cm).await,
         };
         match res {
-            Ok(_) => {
+            Ok(written) => {
+                *last = Some(written);
                 if !new.is_empty() {
                     info!(
                         crl_number = number,

@@ -205,7 +205,7 @@ pub struct Context {
     /// The resourceVersions of our own latest writes, per grant UID. A cached grant or
     /// Secret is used only when it is that version; otherwise (the watch has not
     /// caught up with our write yet) it is read fresh.
-    pub written: written::Written,
+    pub written: Arc<written::Written>,
     /// The trust bundle last published per namespace, so it is written only on change.
     pub published_bundles: Mutex<HashMap<String, String>>,
 }
@@ -382,6 +382,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .default_backoff()
         .modify(slim::pod)
         .reflect(pod_writer);
+    let written = Arc::new(written::Written::default());
+    let ours = written.clone();
     let secrets = watcher(
         api_for::<Secret>(&client, ns),
         watcher::Config::default().labels(LABEL_GRANT),
@@ -389,7 +391,19 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     .default_backoff()
     .modify(slim::secret)
     .reflect(secret_writer)
-    .touched_objects();
+    // The reconcile that created, applied or deleted a Secret knows what it did;
+    // the event of its own write would only run the grant again (and, with the
+    // grant's own status event still on its way, read the grant back). Every other
+    // change, and every object of a relist, still reaches the grant.
+    .try_filter_map(move |event| {
+        let secret = match event {
+            watcher::Event::Apply(s) if !ours.is_own_secret_write(&s, false) => Some(s),
+            watcher::Event::Delete(s) if !ours.is_own_secret_write(&s, true) => Some(s),
+            watcher::Event::InitApply(s) => Some(s),
+            _ => None,
+        };
+        futures::future::ready(Ok(secret))
+    });
 
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -413,7 +427,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         audit_changed: audit_tx,
         approvals: approval_store,
         metrics,
-        written: written::Written::default(),
+        written,
         published_bundles: Mutex::new(HashMap::new()),
     });
 

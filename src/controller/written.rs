@@ -69,6 +69,35 @@ impl Written {
         }
     }
 
+    /// Whether a watch event for `secret` (`deleted` for a deletion) is exactly our
+    /// own last write to its grant's Secret: created or applied at that
+    /// resourceVersion, or deleted by us.
+    pub fn is_own_secret_write(&self, secret: &k8s_openapi::api::core::v1::Secret, deleted: bool) -> bool {
+        use kube::ResourceExt;
+        let Some(uid) = secret
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.as_str())
+        else {
+            return false;
+        };
+        let Some(last) = self
+            .by_grant
+            .lock()
+            .expect("written map")
+            .get(uid)
+            .and_then(|w| w.secret.clone())
+        else {
+            return false;
+        };
+        match last {
+            SecretWrite::Deleted => deleted,
+            SecretWrite::Version(rv) => !deleted && secret.metadata.resource_version.as_deref() == Some(rv.as_str()),
+            SecretWrite::Unknown => false,
+        }
+    }
+
     pub fn wrote_grant(&self, uid: &str, rv: Option<String>) {
         self.with(uid, |w| w.grant = rv);
     }
@@ -136,5 +165,41 @@ mod tests {
         w.distrust("u");
         assert!(!w.grant_is_current("u", Some("5")));
         assert!(!w.secret_is_current("u", None));
+    }
+
+    #[test]
+    fn only_the_exact_own_secret_write_is_recognised() {
+        let secret = |owner: &str, rv: &str| -> k8s_openapi::api::core::v1::Secret {
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "s", "resourceVersion": rv, "ownerReferences": [{
+                    "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrant", "name": "g", "uid": owner, "controller": true,
+                }] },
+            }))
+            .unwrap()
+        };
+        let w = Written::default();
+        assert!(!w.is_own_secret_write(&secret("u", "7"), false), "nothing written yet");
+        w.wrote_secret("u", Some("7".into()));
+        assert!(w.is_own_secret_write(&secret("u", "7"), false));
+        assert!(
+            !w.is_own_secret_write(&secret("u", "8"), false),
+            "someone else's change"
+        );
+        assert!(
+            !w.is_own_secret_write(&secret("other", "7"), false),
+            "another grant's Secret"
+        );
+        assert!(
+            !w.is_own_secret_write(&secret("u", "7"), true),
+            "deleted, but not by us"
+        );
+        w.deleted_secret("u");
+        assert!(w.is_own_secret_write(&secret("u", "7"), true));
+        assert!(
+            !w.is_own_secret_write(&secret("u", "9"), false),
+            "recreated by someone else"
+        );
+        w.secret_unknown("u");
+        assert!(!w.is_own_secret_write(&secret("u", "7"), true));
     }
 }
