@@ -28,16 +28,33 @@ fmt:
 unit:
 	$(CARGO) test --locked --lib --bins
 
-## Regenerate crds/ and manifests/ from the code.
+HELM = $(shell hack/tools/helm.sh)
+# manifests/install.yaml is the chart rendered with its defaults, into mandate-system.
+# (--kube-version: the control plane's, so the chart's kubeVersion check is real.)
+RENDER_ARGS = template mandate charts/mandate --namespace mandate-system --include-crds --set createNamespace=true \
+	--kube-version $$(cat e2e/controlplane/KUBE_VERSION)
+RENDER = $(HELM) $(RENDER_ARGS)
+
+## Regenerate crds/, the chart's copy of them and manifests/ from the code and the chart.
 generate:
 	$(CARGO) run --locked --quiet -- crds > crds/mandate.dev.yaml
+	cp crds/mandate.dev.yaml charts/mandate/crds/mandate.dev.yaml
+	$(RENDER) > manifests/install.yaml
 
-## Fail when committed generated files differ from what the code generates.
+## Fail when committed generated files differ from what the code and chart generate,
+## or when the chart does not lint.
 check-generated:
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	$(CARGO) run --locked --quiet -- crds > $$tmp/crds.yaml; \
-	if ! diff -u crds/mandate.dev.yaml $$tmp/crds.yaml; then \
-	  echo "crds/ is out of date: run 'make generate' and commit the result" >&2; exit 1; fi
+	helm=$$(hack/tools/helm.sh); \
+	$$helm lint --strict charts/mandate; \
+	stale=0; \
+	for f in crds/mandate.dev.yaml charts/mandate/crds/mandate.dev.yaml; do \
+	  diff -u $$f $$tmp/crds.yaml || stale=1; done; \
+	$$helm $(RENDER_ARGS) > $$tmp/install.yaml; \
+	diff -u manifests/install.yaml $$tmp/install.yaml || stale=1; \
+	if [ $$stale = 1 ]; then \
+	  echo "crds/, charts/mandate/crds/ or manifests/ is out of date: run 'make generate' and commit the result" >&2; exit 1; fi
 
 e2e:
 	e2e/with-cluster.sh $(CARGO) test --locked --test e2e -- --test-threads=$${E2E_THREADS:-4}

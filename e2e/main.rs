@@ -10,5 +10,6 @@ mod support;
 mod controlplane;
 mod grants;
 mod identity;
+mod install;
 mod policy;
 mod threats;

@@ -399,7 +399,10 @@ async fn threat_6_with_the_mutating_webhook_bypassed_the_admission_policy_refuse
         .create(&dry, &manifest("replayed", Some(json!(recorded))))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("does not match the authenticated user"), "{err}");
+    assert!(
+        err.to_string().contains("does not match the authenticated user"),
+        "{err}"
+    );
     // The authenticated user, exactly as the webhook records it, is admitted.
     as_alice
         .create(&dry, &manifest("honest", Some(json!(recorded))))

@@ -16,6 +16,8 @@ pub struct Operator {
     args: Vec<String>,
     /// The loopback port its admission webhook serves on.
     pub webhook_port: u16,
+    /// Whom it runs as.
+    kubeconfig: PathBuf,
 }
 
 impl Operator {
@@ -26,6 +28,12 @@ impl Operator {
     /// configurations of its own (`mandate-<namespace>`) that select only its namespace,
     /// so tests running in parallel never route through each other's operators.
     pub async fn start(namespace: &str, extra: &[&str]) -> Operator {
+        Self::start_as(namespace, extra, super::kubeconfig_path()).await
+    }
+
+    /// [`start`](Self::start), with the credentials of `kubeconfig` (for example one
+    /// impersonating the ServiceAccount the install manifest creates).
+    pub async fn start_as(namespace: &str, extra: &[&str], kubeconfig: PathBuf) -> Operator {
         let port = free_port();
         let mut args = vec![
             "run".to_string(),
@@ -36,7 +44,7 @@ impl Operator {
             "--metrics-listen=127.0.0.1:0".to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let op = Self::spawn(namespace, args, 0, port);
+        let op = Self::spawn(namespace, args, 0, port, kubeconfig);
         op.wait_webhook(namespace).await;
         op
     }
@@ -80,14 +88,14 @@ impl Operator {
         );
     }
 
-    fn spawn(namespace: &str, args: Vec<String>, n: u32, webhook_port: u16) -> Operator {
+    fn spawn(namespace: &str, args: Vec<String>, n: u32, webhook_port: u16, kubeconfig: PathBuf) -> Operator {
         let dir = super::repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{namespace}-operator-{n}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_mandate"))
             .args(&args)
-            .env("KUBECONFIG", super::kubeconfig_path())
+            .env("KUBECONFIG", &kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("E2E_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
@@ -104,6 +112,7 @@ impl Operator {
             log,
             args,
             webhook_port,
+            kubeconfig,
         }
     }
 
@@ -123,7 +132,13 @@ impl Operator {
             .and_then(|n| n.parse::<u32>().ok())
             .unwrap_or(0)
             + 1;
-        *self = Self::spawn(namespace, self.args.clone(), n, self.webhook_port);
+        *self = Self::spawn(
+            namespace,
+            self.args.clone(),
+            n,
+            self.webhook_port,
+            self.kubeconfig.clone(),
+        );
         self.wait_webhook(namespace).await;
     }
 

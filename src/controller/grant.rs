@@ -28,7 +28,7 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Context, Error, MANAGER, ca::CaState, crl::Revoked, decision};
+use super::{Context, Error, MANAGER, ca::CaState, crl::Revoked, decision, written::CachedGrant};
 use crate::{
     api::{
         AgentIdentity, ApprovalRecord, CertificateStatus, GrantPhase, RevocationStatus, SupersededCertificate,
@@ -181,23 +181,39 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
     res
 }
 
+/// What the reconcile starts from.
+enum Fetched {
+    Grant(Box<ToolGrant>),
+    /// The grant is gone.
+    Gone,
+    /// The cache is behind our own latest write, whose event runs the grant again.
+    Behind,
+}
+
 /// The grant as of our own last write: from the cache when it has caught up, else read.
-async fn fetch_grant(ctx: &Context, api: &Api<ToolGrant>, cached: &ToolGrant) -> Result<Option<ToolGrant>, Error> {
+async fn fetch_grant(ctx: &Context, api: &Api<ToolGrant>, cached: &ToolGrant) -> Result<Fetched, Error> {
     let uid = cached.uid().unwrap_or_default();
-    if ctx.written.grant_is_current(&uid, cached.resource_version().as_deref()) {
-        return Ok(Some(cached.clone()));
+    match ctx.written.cached_grant(&uid, cached.resource_version().as_deref()) {
+        CachedGrant::Current => return Ok(Fetched::Grant(Box::new(cached.clone()))),
+        CachedGrant::Behind => return Ok(Fetched::Behind),
+        CachedGrant::Unknown => {}
     }
     let name = cached.name_any();
     let fresh = api
         .get_opt(&name)
         .await
         .map_err(|source| Error::FetchGrant { name, source })?;
-    match &fresh {
+    Ok(match fresh {
         // Read fresh: nothing of ours is pending any more.
-        Some(g) => ctx.written.wrote_grant(&uid, g.resource_version()),
-        None => ctx.written.forget(&uid),
-    }
-    Ok(fresh)
+        Some(g) => {
+            ctx.written.wrote_grant(&uid, None, g.resource_version());
+            Fetched::Grant(Box::new(g))
+        }
+        None => {
+            ctx.written.forget(&uid);
+            Fetched::Gone
+        }
+    })
 }
 
 /// The grant's Secret as of our own last write to it: from the cache (which holds no
@@ -227,8 +243,9 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
 
     // Fetch.
-    let Some(grant) = fetch_grant(&ctx, &grants, &cached).await? else {
-        return Ok(Action::await_change());
+    let grant = match fetch_grant(&ctx, &grants, &cached).await? {
+        Fetched::Grant(g) => *g,
+        Fetched::Gone | Fetched::Behind => return Ok(Action::await_change()),
     };
     let identity = fetch_identity(&ctx, &grant, &ns).await?;
     let task = fetch_task(&ctx, &grant, &ns).await?;
@@ -685,8 +702,11 @@ async fn ensure_finalizer(ctx: &Context, api: &Api<ToolGrant>, grant: &ToolGrant
             name: grant.name_any(),
             source,
         })?;
-    ctx.written
-        .wrote_grant(&grant.uid().unwrap_or_default(), written.resource_version());
+    ctx.written.wrote_grant(
+        &grant.uid().unwrap_or_default(),
+        grant.resource_version(),
+        written.resource_version(),
+    );
     Ok(())
 }
 
@@ -709,7 +729,8 @@ async fn remove_finalizer(ctx: &Context, api: &Api<ToolGrant>, grant: &ToolGrant
                 // The API server deletes it now; nothing more will be written.
                 ctx.written.forget(&uid);
             } else {
-                ctx.written.wrote_grant(&uid, written.resource_version());
+                ctx.written
+                    .wrote_grant(&uid, grant.resource_version(), written.resource_version());
             }
             Ok(())
         }
@@ -871,8 +892,11 @@ async fn write_status(
 ) -> Result<(), Error> {
     let name = grant.name_any();
     let written = super::apply_status(api, "ToolGrant", &name, status).await?;
-    ctx.written
-        .wrote_grant(&grant.uid().unwrap_or_default(), written.resource_version());
+    ctx.written.wrote_grant(
+        &grant.uid().unwrap_or_default(),
+        grant.resource_version(),
+        written.resource_version(),
+    );
     Ok(())
 }
 

@@ -497,6 +497,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             if policy_store.wait_until_ready().await.is_err() || ns_store_for_build.wait_until_ready().await.is_err() {
                 return;
             }
+            let mut last = None;
             loop {
                 while rebuild_rx.try_recv().is_ok() {}
                 policy::rebuild(
@@ -504,6 +505,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                     &ns_store_for_build,
                     &rebuild_ctx.policy_compiler,
                     &policies_tx,
+                    &mut last,
                 );
                 if rebuild_rx.recv().await.is_none() {
                     return;

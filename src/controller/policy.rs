@@ -137,21 +137,49 @@ fn matcher(selector: Option<&LabelSelector>, namespaces: &Store<Namespace>) -> R
     Ok(NamespaceMatcher::Names(names))
 }
 
-/// Builds the store from every AgentPolicy in the cache and publishes it.
+/// What a policy store was built from: per AgentPolicy (by name), its UID and
+/// generation (its text and mode), and the namespaces it selected (or why it could not).
+pub type StoreInputs = Vec<(String, String, Option<i64>, Result<NamespaceMatcher, String>)>;
+
+/// Builds the store from every AgentPolicy in the cache and publishes it, unless it
+/// would be built from exactly the inputs of the last one (`last`): publishing makes
+/// every grant decide again, and most namespace events (a namespace created, its
+/// status changing as it terminates) and every AgentPolicy status write change nothing
+/// a decision sees.
 pub fn rebuild(
     policies: &Store<AgentPolicy>,
     namespaces: &Store<Namespace>,
     cache: &CompileCache,
     tx: &watch::Sender<Option<Arc<PolicyStore>>>,
+    last: &mut Option<StoreInputs>,
 ) {
     let mut all = policies.state();
     all.sort_by_key(|p| p.name_any());
+    let selected: Vec<Result<NamespaceMatcher, String>> = all
+        .iter()
+        .map(|p| matcher(p.spec.namespace_selector.as_ref(), namespaces))
+        .collect();
+    let inputs: StoreInputs = all
+        .iter()
+        .zip(&selected)
+        .map(|(p, m)| {
+            (
+                p.name_any(),
+                p.uid().unwrap_or_default(),
+                p.metadata.generation,
+                m.clone(),
+            )
+        })
+        .collect();
+    if last.as_ref() == Some(&inputs) {
+        return;
+    }
     let mut entries = Vec::with_capacity(all.len());
     let mut live = BTreeSet::new();
-    for p in &all {
+    for (p, selected) in all.iter().zip(selected) {
         live.insert(p.uid().unwrap_or_default());
         let mut compiled = cache.get(p).as_ref().clone();
-        let namespaces = match matcher(p.spec.namespace_selector.as_ref(), namespaces) {
+        let namespaces = match selected {
             Ok(m) => m,
             Err(message) => {
                 // Fail closed: a selector that cannot be read selects everything, and
@@ -179,6 +207,7 @@ pub fn rebuild(
         "policy store rebuilt"
     );
     tx.send_replace(Some(Arc::new(store)));
+    *last = Some(inputs);
 }
 
 /// The status an AgentPolicy should have (pure, `now` passed in).

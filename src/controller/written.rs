@@ -6,7 +6,11 @@
 //! safe once the cache holds what we wrote. So each write records the resourceVersion
 //! the API server returned, and a cached object is trusted only if it is exactly that
 //! version (resourceVersions are opaque: equality is the only comparison allowed).
-//! Anything else, including a version someone else wrote, is read fresh.
+//!
+//! A cached grant at a version we saw or wrote *before* our latest write is simply
+//! behind: the event of our latest write is on its way and will run the grant again,
+//! so that reconcile is skipped rather than answered with a GET. Anything else,
+//! including a version someone else wrote, is read fresh.
 
 use std::{collections::HashMap, sync::Mutex};
 
@@ -22,10 +26,27 @@ enum SecretWrite {
     Unknown,
 }
 
+/// How far back a grant's versions are remembered.
+const GRANT_HISTORY: usize = 4;
+
 #[derive(Clone, Debug, Default)]
 struct Writes {
-    grant: Option<String>,
+    /// Versions of the grant we read or wrote, oldest first; the last is the latest
+    /// we know of. Empty until we write.
+    grant: Vec<String>,
     secret: Option<SecretWrite>,
+}
+
+/// Whether a cached grant can be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CachedGrant {
+    /// It reflects our latest write (or we never wrote).
+    Current,
+    /// It is a version before our latest write: the watch event of that write is still
+    /// to come, and will run the grant again.
+    Behind,
+    /// A version we never saw: read the grant fresh.
+    Unknown,
 }
 
 /// Latest writes per grant UID.
@@ -49,11 +70,17 @@ impl Written {
             .unwrap_or_default()
     }
 
-    /// Whether a cached grant at `cached_rv` already reflects our last write to it.
-    pub fn grant_is_current(&self, uid: &str, cached_rv: Option<&str>) -> bool {
-        match self.get(uid).grant {
-            None => true,
-            Some(rv) => cached_rv == Some(rv.as_str()),
+    /// Whether a cached grant at `cached_rv` reflects our last write to it.
+    pub fn cached_grant(&self, uid: &str, cached_rv: Option<&str>) -> CachedGrant {
+        let history = self.get(uid).grant;
+        let Some((latest, earlier)) = history.split_last() else {
+            return CachedGrant::Current;
+        };
+        match cached_rv {
+            Some(rv) if rv == latest && !latest.is_empty() => CachedGrant::Current,
+            // An empty entry (see `distrust`) never matches.
+            Some(rv) if earlier.iter().any(|e| !e.is_empty() && e == rv) => CachedGrant::Behind,
+            _ => CachedGrant::Unknown,
         }
     }
 
@@ -98,8 +125,19 @@ impl Written {
         }
     }
 
-    pub fn wrote_grant(&self, uid: &str, rv: Option<String>) {
-        self.with(uid, |w| w.grant = rv);
+    /// Records our write of the grant at `rv`, made by a reconcile that started from
+    /// the grant at `from` (so a cache still at `from` is behind), or a fresh read
+    /// (`from` None).
+    pub fn wrote_grant(&self, uid: &str, from: Option<String>, rv: Option<String>) {
+        self.with(uid, |w| {
+            if let Some(from) = from.filter(|f| !w.grant.contains(f)) {
+                w.grant.push(from);
+            }
+            // A write that returned no version leaves nothing to match: read fresh.
+            w.grant.push(rv.unwrap_or_default());
+            let excess = w.grant.len().saturating_sub(GRANT_HISTORY);
+            w.grant.drain(..excess);
+        });
     }
 
     pub fn wrote_secret(&self, uid: &str, rv: Option<String>) {
@@ -122,7 +160,7 @@ impl Written {
     pub fn distrust(&self, uid: &str) {
         self.with(uid, |w| {
             // No resourceVersion is empty, so this never matches a cached grant.
-            w.grant = Some(String::new());
+            w.grant = vec![String::new()];
             w.secret = Some(SecretWrite::Unknown);
         });
     }
@@ -140,11 +178,46 @@ mod tests {
     #[test]
     fn cache_is_trusted_until_we_write_then_only_at_our_version() {
         let w = Written::default();
-        assert!(w.grant_is_current("u", Some("1")));
-        w.wrote_grant("u", Some("5".into()));
-        assert!(!w.grant_is_current("u", Some("4")), "cache trails our write");
-        assert!(!w.grant_is_current("u", Some("6")), "someone else wrote: read fresh");
-        assert!(w.grant_is_current("u", Some("5")));
+        assert_eq!(
+            w.cached_grant("u", Some("1")),
+            CachedGrant::Current,
+            "nothing written yet"
+        );
+        w.wrote_grant("u", Some("1".into()), Some("5".into()));
+        assert_eq!(
+            w.cached_grant("u", Some("1")),
+            CachedGrant::Behind,
+            "where our write started"
+        );
+        assert_eq!(
+            w.cached_grant("u", Some("4")),
+            CachedGrant::Unknown,
+            "a version we never saw"
+        );
+        assert_eq!(
+            w.cached_grant("u", Some("6")),
+            CachedGrant::Unknown,
+            "someone else wrote"
+        );
+        assert_eq!(w.cached_grant("u", Some("5")), CachedGrant::Current);
+        // Status at 7, then the finalizer at 8, by one reconcile that started at 5.
+        w.wrote_grant("u", Some("5".into()), Some("7".into()));
+        w.wrote_grant("u", Some("5".into()), Some("8".into()));
+        assert_eq!(w.cached_grant("u", Some("7")), CachedGrant::Behind);
+        assert_eq!(w.cached_grant("u", Some("5")), CachedGrant::Behind);
+        assert_eq!(w.cached_grant("u", Some("8")), CachedGrant::Current);
+        // Someone else's write, read fresh, becomes the latest.
+        w.wrote_grant("u", None, Some("9".into()));
+        assert_eq!(w.cached_grant("u", Some("8")), CachedGrant::Behind);
+        assert_eq!(w.cached_grant("u", Some("9")), CachedGrant::Current);
+        // Only the last few versions are remembered; older ones are read fresh.
+        for rv in ["10", "11", "12", "13"] {
+            w.wrote_grant("u", None, Some(rv.into()));
+        }
+        assert_eq!(w.cached_grant("u", Some("5")), CachedGrant::Unknown);
+        w.distrust("u");
+        assert_eq!(w.cached_grant("u", Some("13")), CachedGrant::Unknown);
+        assert_eq!(w.cached_grant("u", Some("")), CachedGrant::Unknown);
     }
 
     #[test]
@@ -163,7 +236,7 @@ mod tests {
         w.forget("u");
         assert!(w.secret_is_current("u", None));
         w.distrust("u");
-        assert!(!w.grant_is_current("u", Some("5")));
+        assert_eq!(w.cached_grant("u", Some("5")), CachedGrant::Unknown);
         assert!(!w.secret_is_current("u", None));
     }
 

@@ -165,9 +165,7 @@ async fn rotate(client: Client, config: WebhookConfig, mut ca: watch::Receiver<C
 
 async fn accept_loop(listener: TcpListener, cert: Arc<tls::RotatingCert>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(cert));
-    let app = Router::new()
-        .route("/mutate", post(mutate))
-        .with_state(());
+    let app = Router::new().route("/mutate", post(mutate)).with_state(());
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,

@@ -272,7 +272,10 @@ mod tests {
                 .filter(|e| e.contains(&format!("'{kind}'")))
                 .collect();
             assert_eq!(checks.len(), 2, "{kind}");
-            assert!(checks.iter().all(|e| e.contains(&format!("object.spec.{field}"))), "{checks:?}");
+            assert!(
+                checks.iter().all(|e| e.contains(&format!("object.spec.{field}"))),
+                "{checks:?}"
+            );
         }
         let binding = admission_policy_binding(&reg, &meta);
         assert_eq!(binding["spec"]["policyName"], "mandate-x");
