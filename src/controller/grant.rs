@@ -459,7 +459,16 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             delete_secret_if_ours(&ctx, &secrets, &grant, secret.as_ref()).await?;
             let already = previous.phase == Some(phase);
             let revocation = if already {
-                previous.revocation.clone()
+                // Completing an earlier revocation: its record also lists what was
+                // revoked now, so the next look finds nothing left to do.
+                previous.revocation.clone().map(|mut r| {
+                    for s in &serials {
+                        if !r.serial_numbers.contains(s) {
+                            r.serial_numbers.push(s.clone());
+                        }
+                    }
+                    r
+                })
             } else {
                 Some(RevocationStatus {
                     reason: reason.to_string(),

@@ -184,16 +184,32 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     let ever_issued = status.first_issued.is_some() || !live_serials(o).is_empty();
 
     if let Some(phase) = status.phase.filter(|p| p.is_final()) {
-        // Revocation is final; repeat it only if something was left live (a crash between
-        // recording the revocation and deleting the Secret, or a Secret re-created since).
-        if !live_serials(o).is_empty() || matches!(o.secret, SecretObs::Ours(_)) {
+        // Revocation is final; repeat it only if something was left live: a Secret still
+        // there (a crash between recording the revocation and deleting it), or a serial
+        // the revocation record does not list. The status keeps the revoked
+        // certificate's details, so its serial alone is no reason: revoking it again
+        // would re-sign and rewrite the whole CRL on every look at a revoked grant.
+        let recorded = status
+            .revocation
+            .as_ref()
+            .map(|r| r.serial_numbers.as_slice())
+            .unwrap_or_default();
+        let unrecorded: Vec<String> = live_serials(o).into_iter().filter(|s| !recorded.contains(s)).collect();
+        if !unrecorded.is_empty() || matches!(o.secret, SecretObs::Ours(_)) {
             let r = status.revocation.as_ref().map(|r| r.reason.clone()).unwrap_or_default();
-            return revoke(
-                o,
+            let mut serials = unrecorded;
+            // The Secret's certificate is revoked (again, harmlessly) before it goes.
+            if let SecretObs::Ours(Some(c)) = &o.secret
+                && !serials.contains(&c.serial)
+            {
+                serials.push(c.serial.clone());
+            }
+            return Plan::Revoke {
                 phase,
-                "RevocationCompleted",
-                format!("completing the earlier revocation ({r})"),
-            );
+                reason: "RevocationCompleted",
+                message: format!("completing the earlier revocation ({r})"),
+                serials,
+            };
         }
         return Plan::Hold {
             phase,
@@ -472,6 +488,49 @@ mod tests {
         let (g, id) = (grant(), identity());
         let plan = decide(&observed(&g, &id, SecretObs::Absent, PolicyObs::Allow));
         assert!(matches!(plan, Plan::Issue { why: "Initial", .. }), "{plan:?}");
+    }
+
+    /// A revoked grant keeps its certificate's details in status: looking at it again
+    /// revokes nothing again (each revocation re-signs and rewrites the CRL), unless a
+    /// Secret is left or a serial is missing from the revocation record.
+    #[test]
+    fn a_revoked_grant_is_revoked_once() {
+        let id = identity();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let revoked = |serials: &[&str]| -> ToolGrant {
+            let mut g = grant();
+            g.status = Some(
+                serde_json::from_value(json!({
+                    "phase": "Revoked",
+                    "certificate": {
+                        "serialNumber": "ab", "notBefore": "2027-01-15T07:00:00Z", "notAfter": now + SignedDuration::from_hours(1),
+                        "renewAfter": now, "lifetimeCap": "RequestedTTL", "secretName": "g", "spiffeID": "spiffe://x/ns/ns/agent/a",
+                        "sha256Fingerprint": "00", "grantGeneration": 1,
+                    },
+                    "revocation": { "reason": "TaskCompleted", "time": now, "serialNumbers": serials },
+                }))
+                .unwrap(),
+            );
+            g
+        };
+        let done = revoked(&["ab"]);
+        let plan = decide(&observed(&done, &id, SecretObs::Absent, PolicyObs::Allow));
+        assert!(matches!(plan, Plan::Hold { reason: "Final", .. }), "{plan:?}");
+        // The Secret is still there: it goes, its serial revoked again on the way.
+        let plan = decide(&observed(&done, &id, live(now), PolicyObs::Allow));
+        match plan {
+            Plan::Revoke { reason, serials, .. } => {
+                assert_eq!(reason, "RevocationCompleted");
+                assert_eq!(serials, ["ab"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A serial the record does not list is revoked.
+        let unlisted = revoked(&[]);
+        match decide(&observed(&unlisted, &id, SecretObs::Absent, PolicyObs::Allow)) {
+            Plan::Revoke { serials, .. } => assert_eq!(serials, ["ab"]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
