@@ -558,12 +558,14 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                 ensure_finalizer(&ctx, &grants, &grant).await?;
             }
             // An issued grant whose status already reports this generation as ready keeps
-            // its conditions as written at issuance: rewriting only the wording would
-            // cost a write (and a reconcile) per grant for nothing.
-            let unchanged = phase == GrantPhase::Issued
+            // its conditions as written at issuance, and a revoked or expired one keeps
+            // those its revocation wrote (they say why): rewriting only the wording would
+            // cost a write, an Event and a reconcile per grant for nothing.
+            let unchanged = (phase == GrantPhase::Issued
                 && previous.phase == Some(GrantPhase::Issued)
                 && previous.observed_generation == grant.metadata.generation
-                && conditions::is_true(&previous.conditions, conditions::READY);
+                && conditions::is_true(&previous.conditions, conditions::READY))
+                || (phase.is_final() && previous.phase == Some(phase));
             let conditions = if unchanged {
                 previous.conditions.clone()
             } else {
