@@ -66,6 +66,11 @@ impl Fixture {
         args.extend(flags.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let op = Operator::start(&ns.name, &refs).await;
+        Self::with_operator(ns, op)
+    }
+
+    /// A fixture around an operator already started for `ns`.
+    pub(crate) fn with_operator(ns: TestNamespace, op: Operator) -> Fixture {
         Fixture {
             grants: ns.api(),
             secrets: ns.api(),

@@ -111,15 +111,7 @@ async fn the_install_manifest_applies_and_its_rbac_is_enough_to_issue_and_revoke
     // the trust bundle and CRL, reads tasks, writes Secrets, Events and status: all as
     // the ServiceAccount. Its webhook answering at all proves the first of these.
     let op = Operator::start_as(&ns.name, &refs, kubeconfig).await;
-    let f = Fixture {
-        grants: ns.api(),
-        secrets: ns.api(),
-        jobs: ns.api(),
-        pods: ns.api(),
-        ids: ns.api(),
-        ns,
-        op,
-    };
+    let f = Fixture::with_operator(ns, op);
     f.identity("triage").await;
     f.job("work", None).await;
     f.grant("g", "triage", ("batch/v1", "Job", "work"), github(), Some("10m"))
