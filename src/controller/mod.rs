@@ -203,8 +203,9 @@ pub struct Context {
     pub approvals: Store<ToolGrantApproval>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The resourceVersions of our own latest writes, per grant UID. A cached grant or
-    /// Secret is used only when it is that version; otherwise (the watch has not
-    /// caught up with our write yet) it is read fresh.
+    /// Secret is used only when it is that version; a grant cached at an earlier
+    /// version of ours waits for the event of our write; anything else is read fresh.
+    /// The Secret watch also uses it to drop the events of our own Secret writes.
     pub written: Arc<written::Written>,
     /// The trust bundle last published per namespace, so it is written only on change.
     pub published_bundles: Mutex<HashMap<String, String>>,
