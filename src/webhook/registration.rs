@@ -58,6 +58,30 @@ fn client_config(target: &Target, path: &str, ca_bundle: &str) -> Value {
     }
 }
 
+/// What both the webhook and the admission policy see: writes of grants and approvals.
+fn admitted_resources() -> Value {
+    json!([{
+        "apiGroups": ["mandate.dev"],
+        "apiVersions": ["v1alpha1"],
+        "operations": ["CREATE", "UPDATE"],
+        "resources": ["toolgrants", "toolgrantapprovals"],
+        "scope": "Namespaced",
+    }])
+}
+
+/// Of those, only creations and spec changes (see `webhook`).
+fn creation_or_spec_change() -> Value {
+    json!([{
+        "name": "creation-or-spec-change",
+        "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec",
+    }])
+}
+
+/// Only requests in namespace `ns` (an operator scoped with `--watch-namespace`).
+fn namespace_selector(ns: &str) -> Value {
+    json!({ "matchLabels": { "kubernetes.io/metadata.name": ns } })
+}
+
 fn webhook(reg: &Registration, name: &str, path: &str, ca_bundle: &str) -> Value {
     let mut hook = json!({
         "name": name,
@@ -68,25 +92,16 @@ fn webhook(reg: &Registration, name: &str, path: &str, ca_bundle: &str) -> Value
         "matchPolicy": "Equivalent",
         "timeoutSeconds": 10,
         "clientConfig": client_config(&reg.target, path, ca_bundle),
-        "rules": [{
-            "apiGroups": ["mandate.dev"],
-            "apiVersions": ["v1alpha1"],
-            "operations": ["CREATE", "UPDATE"],
-            "resources": ["toolgrants", "toolgrantapprovals"],
-            "scope": "Namespaced",
-        }],
+        "rules": admitted_resources(),
     });
     // Only creations and spec changes are Mandate's business. Leaving metadata-only
     // updates out (finalizers, labels) means a grant's finalizer can still be removed
     // by hand when the operator is gone, instead of a fail-closed webhook with no
     // backend holding every grant, and with them their namespace, forever.
-    hook["matchConditions"] = json!([{
-        "name": "creation-or-spec-change",
-        "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec",
-    }]);
+    hook["matchConditions"] = creation_or_spec_change();
     hook["reinvocationPolicy"] = json!("Never");
     if let Some(ns) = &reg.namespace {
-        hook["namespaceSelector"] = json!({ "matchLabels": { "kubernetes.io/metadata.name": ns } });
+        hook["namespaceSelector"] = namespace_selector(ns);
     }
     hook
 }
@@ -132,17 +147,11 @@ fn admission_policy(reg: &Registration, metadata: &Value) -> Value {
         }));
     }
     let mut constraints = json!({
-        "resourceRules": [{
-            "apiGroups": ["mandate.dev"],
-            "apiVersions": ["v1alpha1"],
-            "operations": ["CREATE", "UPDATE"],
-            "resources": ["toolgrants", "toolgrantapprovals"],
-            "scope": "Namespaced",
-        }],
+        "resourceRules": admitted_resources(),
         "matchPolicy": "Equivalent",
     });
     if let Some(ns) = &reg.namespace {
-        constraints["namespaceSelector"] = json!({ "matchLabels": { "kubernetes.io/metadata.name": ns } });
+        constraints["namespaceSelector"] = namespace_selector(ns);
     }
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -153,10 +162,7 @@ fn admission_policy(reg: &Registration, metadata: &Value) -> Value {
             "failurePolicy": "Fail",
             "matchConstraints": constraints,
             // The same scope as the mutating webhook: creations and spec changes.
-            "matchConditions": [{
-                "name": "creation-or-spec-change",
-                "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec",
-            }],
+            "matchConditions": creation_or_spec_change(),
             "validations": validations,
         },
     })
