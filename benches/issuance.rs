@@ -96,6 +96,67 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process has used so far. `/proc` counts it in USER_HZ
+/// ticks, which Linux fixes at 100 per second whatever the kernel's own tick rate.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces, so split after its ')').
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat; 3 is the first after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// Who shares the two cores: the control plane's processes (from the pid files the
+/// cluster script writes), the operator and this benchmark.
+fn processes(operator: u32) -> Vec<(&'static str, u32)> {
+    let dir = support::repo_root().join(".cluster");
+    let mut out = vec![];
+    for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+        let pid = std::fs::read_to_string(dir.join(format!("{name}.pid")))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        if let Some(pid) = pid {
+            out.push((name, pid));
+        }
+    }
+    out.push(("operator", operator));
+    out.push(("benchmark client", std::process::id()));
+    out
+}
+
+/// CPU seconds each process used between two snapshots, as a Markdown list.
+fn cpu_split(before: &[(&str, f64)], after: &[(&str, f64)], per: usize, what: &str) -> String {
+    let mut out = String::new();
+    let total: f64 = after.iter().zip(before).map(|((_, a), (_, b))| a - b).sum();
+    for ((name, a), (_, b)) in after.iter().zip(before) {
+        out.push_str(&format!(
+            "{name} {:.2} s ({:.1} ms per {what}), ",
+            a - b,
+            (a - b) * 1e3 / per as f64
+        ));
+    }
+    out.push_str(&format!(
+        "total {total:.2} s ({:.1} ms per {what})",
+        total * 1e3 / per as f64
+    ));
+    out
+}
+
+fn cpu_snapshot(procs: &[(&'static str, u32)]) -> Vec<(&'static str, f64)> {
+    procs.iter().map(|(n, pid)| (*n, cpu_secs(*pid))).collect()
+}
+
+/// Marks the start of a phase on stderr, with the wall-clock time, so that profiles
+/// taken alongside (for example the API server's /debug/pprof) can be matched to it.
+fn phase(name: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!("bench: {name} starts at unix time {:.1}", now.as_secs_f64());
+}
+
 fn pod(name: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": { "name": name },
@@ -173,6 +234,50 @@ fn watch_crl(api: Api<ConfigMap>, listed: Arc<Arrivals>) {
     });
 }
 
+/// What one status write of an issued grant costs, by the way it is written: the
+/// same status written to the idle namespace's grants (no operator, no webhook), half
+/// by server-side apply and half by a JSON patch replacing `/status`.
+async fn status_write_costs(
+    grants: &Api<ToolGrant>,
+    status: &mandate::api::ToolGrantStatus,
+    procs: &[(&'static str, u32)],
+) -> String {
+    let half = BURST / 2;
+    let mut out = vec![];
+    for (how, offset) in [("server-side apply", 0), ("JSON patch", half)] {
+        let before = cpu_snapshot(procs);
+        let t0 = Instant::now();
+        stream::iter(offset..offset + half)
+            .for_each_concurrent(CONCURRENCY, |i| {
+                let grants = grants.clone();
+                async move {
+                    let name = format!("alone-{i:04}");
+                    let patch = if how == "JSON patch" {
+                        let ops = json!([{ "op": "add", "path": "/status", "value": status }]);
+                        Patch::<serde_json::Value>::Json(serde_json::from_value(ops).unwrap())
+                    } else {
+                        Patch::Apply(json!({
+                            "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrant", "status": status,
+                        }))
+                    };
+                    let pp = if how == "JSON patch" {
+                        PatchParams::default()
+                    } else {
+                        PatchParams::apply("mandate/status").force()
+                    };
+                    grants.patch_status(&name, &pp, &patch).await.unwrap();
+                }
+            })
+            .await;
+        let rate = half as f64 / t0.elapsed().as_secs_f64();
+        out.push(format!(
+            "{how}: {rate:.0} writes/s, CPU {}",
+            cpu_split(&before, &cpu_snapshot(procs), half, "write")
+        ));
+    }
+    out.join("; ")
+}
+
 async fn finish_pod(pods: &Api<Pod>, name: &str) -> Instant {
     let status = json!({ "status": { "phase": "Succeeded" } });
     pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
@@ -184,11 +289,13 @@ async fn finish_pod(pods: &Api<Pod>, name: &str) -> Instant {
 #[tokio::main]
 async fn main() {
     let client = support::client().await;
+    std::fs::create_dir_all(support::repo_root().join("target/bench")).unwrap();
     support::install_crds(&client).await;
     let ns = TestNamespace::new(&client, "bench").await;
     support::agent_policy(&ns, "permit-all", "Enforce", support::PERMIT_ALL).await;
     let op = Operator::start(&ns.name, &[&format!("--ca-secret-namespace={}", ns.name)]).await;
     let pid = op.pid().expect("operator running");
+    let procs = processes(pid);
     let pods: Api<Pod> = ns.api();
     let grants: Api<ToolGrant> = ns.api();
     let ids: Api<AgentIdentity> = ns.api();
@@ -226,6 +333,7 @@ async fn main() {
         .await;
     let rss_idle = memory_kib(pid, "VmRSS:");
 
+    phase("secrets alone");
     // 0. What the API server alone sustains here: plain Secrets (not watched by the
     // operator) created at the same concurrency. Every issuance needs at least four
     // writes of this kind (the grant, its Secret, its status, an Event) plus two
@@ -247,11 +355,13 @@ async fn main() {
         .await;
     let baseline_rate = BURST as f64 / t0.elapsed().as_secs_f64();
 
+    phase("grants alone");
     // 0b. ToolGrant creates alone: the same burst in a namespace no operator watches
     // and no webhook selects, so it measures the API server's cost of the custom
     // resource itself (schema, CEL rules, storage), with nothing else running.
     let idle_ns = TestNamespace::new(&client, "bench-grants-alone").await;
     let idle_grants: Api<ToolGrant> = idle_ns.api();
+    let cpu_before = cpu_snapshot(&procs);
     let t0 = Instant::now();
     stream::iter(0..BURST)
         .for_each_concurrent(CONCURRENCY, |i| {
@@ -265,8 +375,9 @@ async fn main() {
         })
         .await;
     let grants_alone_rate = BURST as f64 / t0.elapsed().as_secs_f64();
-    idle_ns.cleanup().await;
+    let alone_cpu = cpu_split(&cpu_before, &cpu_snapshot(&procs), BURST, "create");
 
+    phase("one grant at a time");
     // 1. One grant at a time: creation to a Secret with a valid certificate.
     let mut create_to_secret = vec![];
     for n in &names[..SEQUENTIAL] {
@@ -275,8 +386,10 @@ async fn main() {
         create_to_secret.push(issued.wait(n).await - t0);
     }
 
+    phase("issuance burst");
     // 2. A burst: sustained issuance rate.
     let burst = &names[SEQUENTIAL..];
+    let cpu_before = cpu_snapshot(&procs);
     let t0 = Instant::now();
     stream::iter(burst.to_vec())
         .for_each_concurrent(CONCURRENCY, |n| {
@@ -293,10 +406,24 @@ async fn main() {
     }
     let burst_secs = (last - t0).as_secs_f64();
     let rate = burst.len() as f64 / burst_secs;
+    let issue_cpu = cpu_split(&cpu_before, &cpu_snapshot(&procs), burst.len(), "grant");
     let rss_active = memory_kib(pid, "VmRSS:");
+
+    phase("status writes alone");
+    let issued_grant = grants.get(&burst[0]).await.unwrap();
+    let issued_json = serde_json::to_string_pretty(&issued_grant).unwrap();
+    std::fs::write(
+        support::repo_root().join("target/bench/issued-grant.json"),
+        &issued_json,
+    )
+    .unwrap();
+    let issued_status = issued_grant.status.clone().unwrap();
+    let status_costs = status_write_costs(&idle_grants, &issued_status, &procs).await;
+    idle_ns.cleanup().await;
     // Heap and stacks, against pages of the binary itself (its code counts too).
     let (anon_active, file_active) = (memory_kib(pid, "RssAnon:"), memory_kib(pid, "RssFile:"));
 
+    phase("one revocation at a time");
     // 3. One task at a time: completion to serial in the CRL and Secret deleted.
     let mut complete_to_revoked = vec![];
     let mut out_of_order = 0;
@@ -311,9 +438,11 @@ async fn main() {
         complete_to_revoked.push(gone.max(crl) - t0);
     }
 
+    phase("revocation burst");
     // 4. The rest together: revocation under load.
     let rest = &names[REVOKE_SEQUENTIAL..];
     let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let cpu_before = cpu_snapshot(&procs);
     let t0 = Instant::now();
     stream::iter(rest.to_vec())
         .for_each_concurrent(CONCURRENCY, |n| {
@@ -333,13 +462,17 @@ async fn main() {
         burst_revoke.push(done - started.lock().unwrap()[n]);
     }
     let revoke_rate = rest.len() as f64 / (burst_last - t0).as_secs_f64();
+    let revoke_cpu = cpu_split(&cpu_before, &cpu_snapshot(&procs), rest.len(), "revocation");
     let peak = memory_kib(pid, "VmHWM:");
 
     let report = format!(
         "| measurement | n | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|\n{}\n{}\n{}\n\n\
-         - API server alone: {BURST} plain Secret creates at concurrency {CONCURRENCY} = **{baseline_rate:.0} writes/s**; {BURST} ToolGrant creates with no webhook and no operator = **{grants_alone_rate:.0} grants/s**\n\
+         - API server alone: {BURST} plain Secret creates at concurrency {CONCURRENCY} = **{baseline_rate:.0} writes/s**; {BURST} ToolGrant creates with no webhook and no operator = **{grants_alone_rate:.0} grants/s** (CPU: {alone_cpu})\n\
          - sustained issuance: {} grants in {:.2} s = **{:.0} grants/s** (concurrency {CONCURRENCY}; the creates themselves, through the admission webhook, took {creates_secs:.2} s)\n\
+         - CPU used during the issuance burst: {issue_cpu}\n\
+         - one status write of an issued grant, alone: {status_costs}\n\
          - burst revocation: {} tasks in {:.2} s = **{:.0} revocations/s**\n\
+         - CPU used during the revocation burst: {revoke_cpu}\n\
          - Secret deletion observed more than 50 ms before the CRL listing: {out_of_order} of {REVOKE_SEQUENTIAL}\n\
          - operator resident memory: {:.1} MiB idle with {} Pods, **{:.1} MiB with {} active grants** ({:.1} MiB heap and stacks, {:.1} MiB of mapped binary), peak {:.1} MiB\n",
         summary(
@@ -370,7 +503,6 @@ async fn main() {
     );
     println!("{report}");
     let dir = support::repo_root().join("target/bench");
-    std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("issuance.md"), &report).unwrap();
     drop(op);
     ns.cleanup().await;
