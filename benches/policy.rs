@@ -6,7 +6,8 @@
 //! spread over 50 namespaces and 100 tools, then times issuance decisions one at a
 //! time. Prints a markdown table; docs/policy.md records a run.
 
-// The operator's allocator (src/main.rs), so decisions are timed as they run there.
+// The operator's allocator (src/main.rs), tuned as there (`main` calls `tune`), so
+// decisions are timed as they run in the operator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -243,6 +244,7 @@ fn run(n: usize, seed: u64, mut decide: impl FnMut(&IssueRequest) -> IssueDecisi
 }
 
 fn main() {
+    mandate::allocator::tune();
     let mut out = String::new();
     let _ = writeln!(
         out,
