@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::{admissionregistration::v1::MutatingWebhookConfiguration, events::v1::Event};
+use k8s_openapi::api::{
+    admissionregistration::v1::{MutatingAdmissionPolicyBinding, MutatingWebhookConfiguration},
+    events::v1::Event,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
@@ -306,7 +309,9 @@ when { context.requester.username == "alice" };"#,
     grant_as(bob, &f.ns.name, "by-bob", &["read"]).await;
     wait_reason(&f, "by-bob", GrantPhase::Denied, "PolicyDenied").await;
 
-    // Forged at creation: refused.
+    // Forged at creation: the mutating admission policy records who really asked (the
+    // test's admin client), so the forgery gains nothing: the policy, which permits
+    // only alice, denies it.
     let forged: ToolGrant = serde_json::from_value(json!({
         "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrant", "metadata": { "name": "forged" },
         "spec": {
@@ -316,8 +321,11 @@ when { context.requester.username == "alice" };"#,
         },
     }))
     .unwrap();
-    let err = f.grants.create(&PostParams::default(), &forged).await.unwrap_err();
-    assert!(err.to_string().contains("spec.requester"), "{err}");
+    let g = f.grants.create(&PostParams::default(), &forged).await.unwrap();
+    let recorded = g.spec.requester.expect("recorded at creation");
+    assert_eq!(recorded.username, "mandate-e2e-admin");
+    assert!(recorded.groups.contains(&"system:masters".to_string()));
+    wait_reason(&f, "forged", GrantPhase::Denied, "PolicyDenied").await;
     // Changed afterwards: refused.
     let err = f
         .grants
@@ -337,24 +345,34 @@ when { context.requester.username == "alice" };"#,
 }
 
 /// The ValidatingAdmissionPolicy checks the recorded requester on its own, inside the
-/// API server: with Mandate's mutating webhook gone (deleted, or bypassed by another
-/// mutating webhook rewriting the field), a forged or missing requester is refused,
-/// and the exact authenticated user is admitted.
+/// API server: with Mandate's mutating pass gone (its admission policy or webhook
+/// deleted, or bypassed by another mutation rewriting the field), a forged or missing
+/// requester is refused, and the exact authenticated user is admitted.
 #[tokio::test]
-async fn threat_6_with_the_mutating_webhook_bypassed_the_admission_policy_refuses_a_forged_requester() {
+async fn threat_6_with_the_mutating_pass_bypassed_the_admission_policy_refuses_a_forged_requester() {
     let f = fixture("pol-vap").await;
     let alice = client_as("alice").await;
-    // What the webhook records for alice, to replay it by hand below.
+    // What the mutating pass records for alice, to replay it by hand below.
     let recorded = grant_as(alice.clone(), &f.ns.name, "recorded", &["read"])
         .await
         .spec
         .requester
         .expect("recorded at creation");
+    // Whichever mutating pass the operator registered (the admission policy on this
+    // control plane, the webhook on older ones) goes.
+    let name = format!("mandate-{}", f.ns.name);
+    let bindings: Api<MutatingAdmissionPolicyBinding> = Api::all(client().await);
     let hooks: Api<MutatingWebhookConfiguration> = Api::all(client().await);
-    hooks
-        .delete(&format!("mandate-{}", f.ns.name), &Default::default())
-        .await
-        .unwrap();
+    let mut deleted = 0;
+    if bindings.get_opt(&name).await.unwrap().is_some() {
+        bindings.delete(&name, &Default::default()).await.unwrap();
+        deleted += 1;
+    }
+    if hooks.get_opt(&name).await.unwrap().is_some() {
+        hooks.delete(&name, &Default::default()).await.unwrap();
+        deleted += 1;
+    }
+    assert_eq!(deleted, 1, "exactly one mutating pass is registered");
 
     let manifest = |name: &str, requester: Option<serde_json::Value>| -> ToolGrant {
         let mut spec = json!({
@@ -375,14 +393,13 @@ async fn threat_6_with_the_mutating_webhook_bypassed_the_admission_policy_refuse
         dry_run: true,
         ..Default::default()
     };
-    // The API server drops the webhook from its cache shortly after the delete (until
-    // then the webhook refuses first, with its own message), and loads a new admission
-    // policy shortly after its creation (until then nothing refuses; the creation is a
-    // dry run). Polled, because nothing reports either.
-    let forged = manifest("forged", Some(json!({ "username": "root" })));
+    // The API server drops the mutating pass from its cache shortly after the delete
+    // (until then a grant without a requester still gets one), and loads a new
+    // admission policy shortly after its creation (until then nothing refuses; the
+    // creation is a dry run). Polled, because nothing reports either.
     let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
     let refusal = loop {
-        let outcome = match as_alice.create(&dry, &forged).await {
+        let outcome = match as_alice.create(&dry, &manifest("missing", None)).await {
             Ok(_) => "admitted".to_string(),
             Err(e) => e.to_string(),
         };
@@ -391,12 +408,16 @@ async fn threat_6_with_the_mutating_webhook_bypassed_the_admission_policy_refuse
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    assert!(refusal.contains("spec.requester was not recorded"), "{refusal}");
+    let err = as_alice
+        .create(&dry, &manifest("forged", Some(json!({ "username": "root" }))))
+        .await
+        .unwrap_err();
     assert!(
-        refusal.contains("ValidatingAdmissionPolicy") && refusal.contains("does not match the authenticated user"),
-        "{refusal}"
+        err.to_string().contains("ValidatingAdmissionPolicy")
+            && err.to_string().contains("does not match the authenticated user"),
+        "{err}"
     );
-    let err = as_alice.create(&dry, &manifest("missing", None)).await.unwrap_err();
-    assert!(err.to_string().contains("spec.requester was not recorded"), "{err}");
     // Someone else's exact record is still a forgery.
     let bob = client_as("bob").await;
     let as_bob: Api<ToolGrant> = Api::namespaced(bob, &f.ns.name);
@@ -408,7 +429,7 @@ async fn threat_6_with_the_mutating_webhook_bypassed_the_admission_policy_refuse
         err.to_string().contains("does not match the authenticated user"),
         "{err}"
     );
-    // The authenticated user, exactly as the webhook records it, is admitted.
+    // The authenticated user, exactly as the mutating pass records it, is admitted.
     as_alice
         .create(&dry, &manifest("honest", Some(json!(recorded))))
         .await
@@ -517,13 +538,20 @@ async fn serving_serial(port: u16) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The mutating webhook, which records requesters where the API server does not serve
+/// MutatingAdmissionPolicy (before Kubernetes 1.36), selected here by flag.
 #[tokio::test]
 async fn the_webhook_keeps_recording_requesters_across_a_rotation_of_its_certificate() {
     let c = client().await;
     crate::support::install_crds(&c).await;
     let ns = TestNamespace::new(&c, "pol-rotate").await;
     // A 15-second serving certificate is rotated at 10 seconds.
-    let f = Fixture::start(ns, &["--webhook-cert-validity=15s"]).await;
+    let f = Fixture::start(ns, &["--webhook-cert-validity=15s", "--admission-mutation=webhook"]).await;
+    let name = format!("mandate-{}", f.ns.name);
+    let hooks: Api<MutatingWebhookConfiguration> = Api::all(c.clone());
+    let policies: Api<MutatingAdmissionPolicyBinding> = Api::all(c.clone());
+    assert!(hooks.get_opt(&name).await.unwrap().is_some());
+    assert!(policies.get_opt(&name).await.unwrap().is_none());
     f.identity("triage").await;
     f.job("work", None).await;
     let port = f.op.webhook_port;
@@ -548,10 +576,11 @@ async fn the_webhook_keeps_recording_requesters_across_a_rotation_of_its_certifi
 }
 
 #[tokio::test]
-async fn with_the_operator_gone_finalizers_can_be_removed_but_specs_cannot_change() {
-    // The webhook fails closed, but only for what it guards: creations and spec
-    // changes. Removing a finalizer by hand (uninstall, a stuck namespace) must not
-    // need a webhook that has no backend any more.
+async fn threat_6_with_the_operator_gone_the_requester_stays_guarded_and_finalizers_can_be_removed() {
+    // Both admission passes are policies the API server evaluates itself (this control
+    // plane serves MutatingAdmissionPolicy): with the operator gone, grants can still
+    // be written and the requester still cannot be changed. Removing a finalizer by
+    // hand (uninstall, a stuck namespace) needs nothing from the operator.
     let mut f = fixture("pol-gone").await;
     let alice = client_as("alice").await;
     let g = grant_as(alice, &f.ns.name, "orphan", &["read"]).await;
@@ -566,11 +595,23 @@ async fn with_the_operator_gone_finalizers_can_be_removed_but_specs_cannot_chang
         .patch(
             "orphan",
             &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "purpose": "something else" } })),
+            &Patch::Merge(json!({ "spec": { "requester": { "username": "mallory" } } })),
         )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("webhook"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("spec.requester is recorded by Mandate at creation"),
+        "{err}"
+    );
+    f.grants
+        .patch(
+            "orphan",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "purpose": "something else" } })),
+        )
+        .await
+        .expect("a spec change keeping the requester is admitted without the operator");
 
     f.grants
         .patch(
@@ -579,9 +620,10 @@ async fn with_the_operator_gone_finalizers_can_be_removed_but_specs_cannot_chang
             &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
         )
         .await
-        .expect("a metadata-only update does not call the webhook");
+        .expect("a finalizer can be removed without the operator");
     let g = f.grants.get("orphan").await.unwrap();
     assert!(g.metadata.finalizers.unwrap_or_default().is_empty());
-    assert_eq!(g.spec.purpose, "label and comment on new issues");
+    assert_eq!(g.spec.purpose, "something else");
+    assert_eq!(g.spec.requester.unwrap().username, "alice");
     f.ns.cleanup().await;
 }

@@ -83,6 +83,12 @@ pub struct RunArgs {
     #[arg(long, env = "MANDATE_WEBHOOK_CONFIGURATION", default_value = "mandate")]
     pub webhook_configuration_name: String,
 
+    /// How creators are recorded on admission: `policy` (a MutatingAdmissionPolicy,
+    /// CEL inside the API server: Kubernetes 1.36 and later), `webhook` (a call to this
+    /// operator), or `auto` (the policy when the API server serves it).
+    #[arg(long, env = "MANDATE_ADMISSION_MUTATION", value_enum, default_value_t = MutationMode::Auto)]
+    pub admission_mutation: MutationMode,
+
     /// Lifetime of the webhook's serving certificate; it is rotated at two thirds.
     #[arg(long, env = "MANDATE_WEBHOOK_CERT_VALIDITY", default_value = "24h")]
     pub webhook_cert_validity: kube::core::Duration,
@@ -108,4 +114,16 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// How the creator of a grant or approval is recorded (`--admission-mutation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MutationMode {
+    /// The MutatingAdmissionPolicy when `admissionregistration.k8s.io/v1` serves it,
+    /// the webhook otherwise.
+    Auto,
+    /// A MutatingAdmissionPolicy.
+    Policy,
+    /// The mutating webhook.
+    Webhook,
 }

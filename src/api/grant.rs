@@ -25,7 +25,7 @@ use super::{Sensitivity, ToolScope, UserInfo};
     printcolumn = r#"{"name":"Serial","type":"string","jsonPath":".status.certificate.serialNumber","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("has(self.requester) == has(oldSelf.requester) && (!has(self.requester) || self.requester == oldSelf.requester)").message("spec.requester is recorded by Mandate's admission webhook at creation and cannot be set or changed"))]
+#[x_kube(validation = Rule::new("has(self.requester) == has(oldSelf.requester) && (!has(self.requester) || self.requester == oldSelf.requester)").message("spec.requester is recorded by Mandate at creation and cannot be set or changed"))]
 #[serde(rename_all = "camelCase")]
 pub struct ToolGrantSpec {
     /// The AgentIdentity, in this namespace, the grant is for. Cannot be changed.

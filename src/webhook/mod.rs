@@ -127,11 +127,11 @@ async fn rotate(client: Client, config: WebhookConfig, mut ca: watch::Receiver<C
                     None => bundle.clone(),
                 };
                 match registration::apply(&client, reg, &trusted).await {
-                    Ok(()) => {
-                        info!(configuration = %reg.name, "webhook configurations applied with the current CA bundle");
+                    Ok(mutation) => {
+                        info!(configuration = %reg.name, ?mutation, "admission configurations applied with the current CA bundle");
                         registered_bundle = Some(bundle.clone());
                     }
-                    Err(e) => warn!(error = %e, "failed to apply the webhook configurations; retrying"),
+                    Err(e) => warn!(error = %e, "failed to apply the admission configurations; retrying"),
                 }
             }
             let req = ServingRequest {
@@ -287,6 +287,7 @@ pub fn config_from_args(args: &crate::cli::RunArgs) -> Result<WebhookConfig, Con
             name: args.webhook_configuration_name.clone(),
             target,
             namespace: args.watch_namespace.clone(),
+            mutation: args.admission_mutation,
         }),
     })
 }

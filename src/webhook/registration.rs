@@ -1,31 +1,37 @@
 //! What routes ToolGrant and ToolGrantApproval writes through Mandate's admission
 //! checks, applied with server-side apply:
-//! - a MutatingWebhookConfiguration calling this operator, which records the creator;
+//! - the mutating pass, which records the creator (and adds a grant's finalizer) on
+//!   creation: a MutatingAdmissionPolicy and its binding where the API server serves
+//!   them (Kubernetes 1.36 and later), or else a MutatingWebhookConfiguration
+//!   calling this operator;
 //! - a ValidatingAdmissionPolicy and its binding, which the API server evaluates
-//!   itself (CEL, no call out) after every mutating webhook: the recorded creator is
-//!   exactly the authenticated user, and never changes.
+//!   after every mutation: the recorded creator is exactly the authenticated user,
+//!   and never changes.
 //!
-//! The validating pass used to be a second webhook. As a policy it costs the API
-//! server a CEL evaluation instead of an HTTPS round trip with the whole object per
-//! write, and it keeps holding while the operator is down.
+//! Both passes used to be webhooks. As policies they cost the API server a CEL
+//! evaluation instead of an HTTPS round trip with the whole object per write, and
+//! grants can still be created (and are checked) while the operator is down.
 
 use k8s_openapi::{
     ByteString,
     api::{
         admissionregistration::v1::{
-            MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-            ValidatingWebhookConfiguration,
+            MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, MutatingWebhookConfiguration,
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, ValidatingWebhookConfiguration,
         },
         core::v1::Namespace,
     },
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
 };
 use serde_json::{Value, json};
 
-use crate::controller::MANAGER;
+use crate::{
+    cli::MutationMode,
+    controller::{FINALIZER, MANAGER},
+};
 
 /// Where the API server reaches the webhook.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +51,38 @@ pub struct Registration {
     /// Only requests in this namespace (an operator scoped with `--watch-namespace`);
     /// the configurations are then owned by that Namespace and go with it.
     pub namespace: Option<String>,
+    /// How the mutating pass is made.
+    pub mutation: MutationMode,
+}
+
+/// The mutating pass in use, once `MutationMode::Auto` is resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    Policy,
+    Webhook,
+}
+
+/// Resolves `Auto` by asking the API server whether it serves
+/// MutatingAdmissionPolicies (`admissionregistration.k8s.io/v1`).
+pub async fn mutation_in_use(client: &Client, mode: MutationMode) -> Result<Mutation, kube::Error> {
+    Ok(match mode {
+        MutationMode::Policy => Mutation::Policy,
+        MutationMode::Webhook => Mutation::Webhook,
+        MutationMode::Auto => {
+            let served = client
+                .list_api_group_resources(&MutatingAdmissionPolicy::api_version(&()))
+                .await?;
+            if served
+                .resources
+                .iter()
+                .any(|r| r.name == MutatingAdmissionPolicy::plural(&()))
+            {
+                Mutation::Policy
+            } else {
+                Mutation::Webhook
+            }
+        }
+    })
 }
 
 fn client_config(target: &Target, path: &str, ca_bundle: &str) -> Value {
@@ -58,12 +96,12 @@ fn client_config(target: &Target, path: &str, ca_bundle: &str) -> Value {
     }
 }
 
-/// What both the webhook and the admission policy see: writes of grants and approvals.
-fn admitted_resources() -> Value {
+/// What the webhook and the admission policies see: writes of grants and approvals.
+fn admitted_resources(operations: &[&str]) -> Value {
     json!([{
         "apiGroups": ["mandate.dev"],
         "apiVersions": ["v1alpha1"],
-        "operations": ["CREATE", "UPDATE"],
+        "operations": operations,
         "resources": ["toolgrants", "toolgrantapprovals"],
         "scope": "Namespaced",
     }])
@@ -92,7 +130,7 @@ fn webhook(reg: &Registration, name: &str, path: &str, ca_bundle: &str) -> Value
         "matchPolicy": "Equivalent",
         "timeoutSeconds": 10,
         "clientConfig": client_config(&reg.target, path, ca_bundle),
-        "rules": admitted_resources(),
+        "rules": admitted_resources(&["CREATE", "UPDATE"]),
     });
     // Only creations and spec changes are Mandate's business. Leaving metadata-only
     // updates out (finalizers, labels) means a grant's finalizer can still be removed
@@ -114,7 +152,7 @@ const RECORDED: [(&str, &str); 2] = [("ToolGrant", "requester"), ("ToolGrantAppr
 fn recorded_is_authenticated_user(field: &str) -> String {
     let f = format!("object.spec.{field}");
     format!(
-        "has({f}) && {f}.username == request.userInfo.username \
+        "has({f}) && request.userInfo.username != '' && {f}.username == request.userInfo.username \
          && (has({f}.uid) ? {f}.uid : '') == (has(request.userInfo.uid) ? request.userInfo.uid : '') \
          && (has({f}.groups) ? {f}.groups : []) == (has(request.userInfo.groups) ? request.userInfo.groups : [])"
     )
@@ -132,7 +170,7 @@ fn admission_policy(reg: &Registration, metadata: &Value) -> Value {
             "messageExpression": format!(
                 "has(object.spec.{field}) \
                  ? 'spec.{field} does not match the authenticated user (was it changed by another admission webhook?)' \
-                 : 'spec.{field} was not recorded: is Mandate\\'s mutating webhook configured?'"
+                 : 'spec.{field} was not recorded: is Mandate\\'s mutating admission policy (or webhook) configured?'"
             ),
             "reason": "Forbidden",
         }));
@@ -147,7 +185,7 @@ fn admission_policy(reg: &Registration, metadata: &Value) -> Value {
         }));
     }
     let mut constraints = json!({
-        "resourceRules": admitted_resources(),
+        "resourceRules": admitted_resources(&["CREATE", "UPDATE"]),
         "matchPolicy": "Equivalent",
     });
     if let Some(ns) = &reg.namespace {
@@ -168,6 +206,74 @@ fn admission_policy(reg: &Registration, metadata: &Value) -> Value {
     })
 }
 
+/// CEL: JSON patch operations that record the authenticated user as `field`. Whatever
+/// the client wrote there is replaced as a whole (`add` on an existing member replaces
+/// it), so no forged record is stored while this policy is loaded, even in the moment
+/// after installation before the validating policy is. Parts are added one by one
+/// (CEL map literals hold one value type), and `uid` and `groups` only when present,
+/// as the webhook records them.
+fn record_user(kind: &str, field: &str) -> String {
+    let path = format!("/spec/{field}");
+    format!(
+        "request.kind.kind != '{kind}' ? [] : \
+         [JSONPatch{{op: 'add', path: '{path}', value: {{'username': request.userInfo.username}}}}] \
+         + (has(request.userInfo.uid) && request.userInfo.uid != '' \
+            ? [JSONPatch{{op: 'add', path: '{path}/uid', value: request.userInfo.uid}}] : []) \
+         + (has(request.userInfo.groups) && size(request.userInfo.groups) > 0 \
+            ? [JSONPatch{{op: 'add', path: '{path}/groups', value: request.userInfo.groups}}] : [])"
+    )
+}
+
+/// CEL: the JSON patch operation adding the revocation finalizer to a new grant, so it
+/// is there before any certificate can exist.
+fn add_finalizer() -> String {
+    format!(
+        "request.kind.kind != 'ToolGrant' ? [] \
+         : !has(object.metadata.finalizers) \
+           ? [JSONPatch{{op: 'add', path: '/metadata/finalizers', value: ['{FINALIZER}']}}] \
+         : '{FINALIZER}' in object.metadata.finalizers ? [] \
+         : [JSONPatch{{op: 'add', path: '/metadata/finalizers/-', value: '{FINALIZER}'}}]"
+    )
+}
+
+/// The MutatingAdmissionPolicy: what the mutating webhook does, in CEL.
+fn mutating_policy(reg: &Registration, metadata: &Value) -> Value {
+    let mut mutations: Vec<Value> = RECORDED
+        .iter()
+        .map(|(kind, field)| json!({ "patchType": "JSONPatch", "jsonPatch": { "expression": record_user(kind, field) } }))
+        .collect();
+    mutations.push(json!({ "patchType": "JSONPatch", "jsonPatch": { "expression": add_finalizer() } }));
+    let mut constraints = json!({
+        "resourceRules": admitted_resources(&["CREATE"]),
+        "matchPolicy": "Equivalent",
+    });
+    if let Some(ns) = &reg.namespace {
+        constraints["namespaceSelector"] = namespace_selector(ns);
+    }
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": metadata,
+        "spec": {
+            // Fail closed: a grant whose mutation fails is not admitted.
+            "failurePolicy": "Fail",
+            "matchConstraints": constraints,
+            "mutations": mutations,
+            // A later mutation that drops the record is caught by the validating policy.
+            "reinvocationPolicy": "Never",
+        },
+    })
+}
+
+fn mutating_policy_binding(reg: &Registration, metadata: &Value) -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": metadata,
+        "spec": { "policyName": reg.name },
+    })
+}
+
 fn admission_policy_binding(reg: &Registration, metadata: &Value) -> Value {
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -180,9 +286,11 @@ fn admission_policy_binding(reg: &Registration, metadata: &Value) -> Value {
     })
 }
 
-/// Applies the webhook configuration with the current CA bundle, and the
-/// ValidatingAdmissionPolicy with its binding.
-pub async fn apply(client: &Client, reg: &Registration, ca_bundle: &str) -> Result<(), kube::Error> {
+/// Applies the mutating pass (the admission policy, or the webhook configuration with
+/// the current CA bundle) and the ValidatingAdmissionPolicy with its binding, then
+/// removes what an earlier version or mode registered under the same name. Returns
+/// the mutating pass in use.
+pub async fn apply(client: &Client, reg: &Registration, ca_bundle: &str) -> Result<Mutation, kube::Error> {
     let mut metadata = json!({
         "name": reg.name,
         "labels": { "app.kubernetes.io/managed-by": "mandate" },
@@ -193,34 +301,69 @@ pub async fn apply(client: &Client, reg: &Registration, ca_bundle: &str) -> Resu
             "apiVersion": "v1", "kind": "Namespace", "name": ns, "uid": namespace.uid().unwrap_or_default(),
         }]);
     }
+    let mutation = mutation_in_use(client, reg.mutation).await?;
     let pp = PatchParams::apply(&format!("{MANAGER}/webhook")).force();
-    let mutating = json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": metadata,
-        "webhooks": [webhook(reg, "record-requester.mandate.dev", "/mutate", ca_bundle)],
-    });
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .patch(&reg.name, &pp, &Patch::Apply(&mutating))
-        .await?;
+    // The new mutating pass is in place before the other one goes, so no creation
+    // finds neither (which the validating policy would refuse, failing closed).
+    match mutation {
+        Mutation::Policy => {
+            Api::<MutatingAdmissionPolicy>::all(client.clone())
+                .patch(&reg.name, &pp, &Patch::Apply(&mutating_policy(reg, &metadata)))
+                .await?;
+            Api::<MutatingAdmissionPolicyBinding>::all(client.clone())
+                .patch(&reg.name, &pp, &Patch::Apply(&mutating_policy_binding(reg, &metadata)))
+                .await?;
+        }
+        Mutation::Webhook => {
+            let mutating = json!({
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "MutatingWebhookConfiguration",
+                "metadata": metadata,
+                "webhooks": [webhook(reg, "record-requester.mandate.dev", "/mutate", ca_bundle)],
+            });
+            Api::<MutatingWebhookConfiguration>::all(client.clone())
+                .patch(&reg.name, &pp, &Patch::Apply(&mutating))
+                .await?;
+        }
+    }
     Api::<ValidatingAdmissionPolicy>::all(client.clone())
         .patch(&reg.name, &pp, &Patch::Apply(&admission_policy(reg, &metadata)))
         .await?;
     Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
         .patch(&reg.name, &pp, &Patch::Apply(&admission_policy_binding(reg, &metadata)))
         .await?;
-    // Earlier versions validated through a second webhook; the policy replaces it.
-    let old = Api::<ValidatingWebhookConfiguration>::all(client.clone());
-    if let Some(cfg) = old.get_opt(&reg.name).await?
-        && cfg.labels().get("app.kubernetes.io/managed-by").map(String::as_str) == Some("mandate")
-    {
-        match old.delete(&reg.name, &Default::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e),
+    match mutation {
+        Mutation::Policy => delete_if_ours::<MutatingWebhookConfiguration>(client, &reg.name).await?,
+        Mutation::Webhook => {
+            delete_if_ours::<MutatingAdmissionPolicyBinding>(client, &reg.name).await?;
+            delete_if_ours::<MutatingAdmissionPolicy>(client, &reg.name).await?;
         }
     }
-    Ok(())
+    // Earlier versions validated through a second webhook; the policy replaces it.
+    delete_if_ours::<ValidatingWebhookConfiguration>(client, &reg.name).await?;
+    Ok(mutation)
+}
+
+/// Deletes the cluster-scoped object `name` if Mandate manages it.
+async fn delete_if_ours<K>(client: &Client, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api = Api::<K>::all(client.clone());
+    let Some(obj) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    if obj.labels().get("app.kubernetes.io/managed-by").map(String::as_str) != Some("mandate") {
+        return Ok(());
+    }
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -233,6 +376,7 @@ mod tests {
             name: "mandate-x".into(),
             target: Target::Url("https://127.0.0.1:9443/".into()),
             namespace: Some("team-a".into()),
+            mutation: MutationMode::Auto,
         };
         let hook = webhook(&reg, "n", "/mutate", "PEM");
         assert_eq!(hook["failurePolicy"], "Fail");
@@ -261,6 +405,7 @@ mod tests {
             name: "mandate-x".into(),
             target: Target::Url("https://127.0.0.1:9443".into()),
             namespace: Some("team-a".into()),
+            mutation: MutationMode::Auto,
         };
         let meta = json!({ "name": "mandate-x" });
         let policy = admission_policy(&reg, &meta);
@@ -286,5 +431,43 @@ mod tests {
         let binding = admission_policy_binding(&reg, &meta);
         assert_eq!(binding["spec"]["policyName"], "mandate-x");
         assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+    }
+
+    #[test]
+    fn the_mutating_policy_fails_closed_on_creations_and_records_both_kinds_and_the_finalizer() {
+        let reg = Registration {
+            name: "mandate-x".into(),
+            target: Target::Url("https://127.0.0.1:9443".into()),
+            namespace: Some("team-a".into()),
+            mutation: MutationMode::Policy,
+        };
+        let meta = json!({ "name": "mandate-x" });
+        let policy = mutating_policy(&reg, &meta);
+        assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+        assert_eq!(
+            policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"],
+            json!(["CREATE"])
+        );
+        assert_eq!(
+            policy["spec"]["matchConstraints"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "team-a"
+        );
+        let expressions: Vec<&str> = policy["spec"]["mutations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["jsonPatch"]["expression"].as_str().unwrap())
+            .collect();
+        for (kind, field) in RECORDED {
+            let e = expressions
+                .iter()
+                .find(|e| e.contains(&format!("'{kind}'")) && e.contains(&format!("/spec/{field}")))
+                .unwrap_or_else(|| panic!("no mutation records {field}"));
+            // Recorded whatever the client wrote: the whole field is replaced.
+            assert!(!e.contains("has(object.spec"), "{e}");
+        }
+        assert!(expressions.iter().any(|e| e.contains(FINALIZER)));
+        let binding = mutating_policy_binding(&reg, &meta);
+        assert_eq!(binding["spec"]["policyName"], "mandate-x");
     }
 }
