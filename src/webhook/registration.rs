@@ -120,6 +120,19 @@ fn namespace_selector(ns: &str) -> Value {
     json!({ "matchLabels": { "kubernetes.io/metadata.name": ns } })
 }
 
+/// What an admission policy matches: `operations` on grants and approvals, in the
+/// operator's namespace if it is scoped to one.
+fn match_constraints(reg: &Registration, operations: &[&str]) -> Value {
+    let mut constraints = json!({
+        "resourceRules": admitted_resources(operations),
+        "matchPolicy": "Equivalent",
+    });
+    if let Some(ns) = &reg.namespace {
+        constraints["namespaceSelector"] = namespace_selector(ns);
+    }
+    constraints
+}
+
 fn webhook(reg: &Registration, name: &str, path: &str, ca_bundle: &str) -> Value {
     let mut hook = json!({
         "name": name,
@@ -184,13 +197,7 @@ fn admission_policy(reg: &Registration, metadata: &Value) -> Value {
             "reason": "Forbidden",
         }));
     }
-    let mut constraints = json!({
-        "resourceRules": admitted_resources(&["CREATE", "UPDATE"]),
-        "matchPolicy": "Equivalent",
-    });
-    if let Some(ns) = &reg.namespace {
-        constraints["namespaceSelector"] = namespace_selector(ns);
-    }
+    let constraints = match_constraints(reg, &["CREATE", "UPDATE"]);
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
@@ -243,13 +250,7 @@ fn mutating_policy(reg: &Registration, metadata: &Value) -> Value {
         .map(|(kind, field)| json!({ "patchType": "JSONPatch", "jsonPatch": { "expression": record_user(kind, field) } }))
         .collect();
     mutations.push(json!({ "patchType": "JSONPatch", "jsonPatch": { "expression": add_finalizer() } }));
-    let mut constraints = json!({
-        "resourceRules": admitted_resources(&["CREATE"]),
-        "matchPolicy": "Equivalent",
-    });
-    if let Some(ns) = &reg.namespace {
-        constraints["namespaceSelector"] = namespace_selector(ns);
-    }
+    let constraints = match_constraints(reg, &["CREATE"]);
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingAdmissionPolicy",
@@ -370,14 +371,19 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn scoped_registration_fails_closed_and_selects_its_namespace() {
-        let reg = Registration {
+    /// An operator scoped to namespace `team-a`, registered as `mandate-x`.
+    fn scoped(url: &str) -> Registration {
+        Registration {
             name: "mandate-x".into(),
-            target: Target::Url("https://127.0.0.1:9443/".into()),
+            target: Target::Url(url.into()),
             namespace: Some("team-a".into()),
             mutation: MutationMode::Auto,
-        };
+        }
+    }
+
+    #[test]
+    fn scoped_registration_fails_closed_and_selects_its_namespace() {
+        let reg = scoped("https://127.0.0.1:9443/");
         let hook = webhook(&reg, "n", "/mutate", "PEM");
         assert_eq!(hook["failurePolicy"], "Fail");
         assert_eq!(hook["clientConfig"]["url"], "https://127.0.0.1:9443/mutate");
@@ -401,12 +407,7 @@ mod tests {
 
     #[test]
     fn the_admission_policy_fails_closed_and_checks_both_kinds_on_create_and_update() {
-        let reg = Registration {
-            name: "mandate-x".into(),
-            target: Target::Url("https://127.0.0.1:9443".into()),
-            namespace: Some("team-a".into()),
-            mutation: MutationMode::Auto,
-        };
+        let reg = scoped("https://127.0.0.1:9443");
         let meta = json!({ "name": "mandate-x" });
         let policy = admission_policy(&reg, &meta);
         assert_eq!(policy["spec"]["failurePolicy"], "Fail");
@@ -435,12 +436,7 @@ mod tests {
 
     #[test]
     fn the_mutating_policy_fails_closed_on_creations_and_records_both_kinds_and_the_finalizer() {
-        let reg = Registration {
-            name: "mandate-x".into(),
-            target: Target::Url("https://127.0.0.1:9443".into()),
-            namespace: Some("team-a".into()),
-            mutation: MutationMode::Policy,
-        };
+        let reg = scoped("https://127.0.0.1:9443");
         let meta = json!({ "name": "mandate-x" });
         let policy = mutating_policy(&reg, &meta);
         assert_eq!(policy["spec"]["failurePolicy"], "Fail");
