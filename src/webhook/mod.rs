@@ -1,4 +1,7 @@
-//! The admission webhook: records who created each ToolGrant and ToolGrantApproval.
+//! The admission webhook: records who created each ToolGrant and ToolGrantApproval
+//! where the API server has no MutatingAdmissionPolicy (before Kubernetes 1.36, or
+//! with `--admission-mutation=webhook`); otherwise that policy records them and the
+//! webhook is served but not called. `registration` applies whichever is in use.
 //!
 //! Served over TLS with a certificate from Mandate's own CA, issued in memory at start
 //! and rotated at two thirds of its lifetime (and whenever the CA changes). Every
