@@ -50,8 +50,9 @@ impl Operator {
     }
 
     /// Waits until a dry-run ToolGrant created in `namespace` comes back with its
-    /// requester recorded: the webhook is registered, known to the API server, and
-    /// serving. Polled, because no watch reports an API server's webhook routing.
+    /// requester recorded (the mutating pass is registered and known to the API server)
+    /// and this process has applied its admission configurations. Polled, because no
+    /// watch reports an API server's admission routing.
     pub async fn wait_webhook(&self, namespace: &str) {
         let client = super::client().await;
         let ar = kube::api::ApiResource::erase::<mandate::api::ToolGrant>(&());
@@ -74,8 +75,15 @@ impl Operator {
         let deadline = tokio::time::Instant::now() + super::TIMEOUT;
         let mut last = String::new();
         while tokio::time::Instant::now() < deadline {
+            // The mutating admission policy answers from the API server whether or not
+            // this process is up yet, so also wait for this process to have applied its
+            // admission configurations (as the webhook, served by the process, implied).
+            let applied = self.log_text().contains("admission configurations applied");
             match api.create(&pp, &probe).await {
-                Ok(obj) if obj.data["spec"].get("requester").is_some() => return,
+                Ok(obj) if obj.data["spec"].get("requester").is_some() && applied => return,
+                Ok(obj) if obj.data["spec"].get("requester").is_some() => {
+                    last = "this process has not applied its admission configurations yet".into()
+                }
                 Ok(_) => last = "created without a requester (webhook not routed yet)".into(),
                 Err(e) => last = e.to_string(),
             }
