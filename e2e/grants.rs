@@ -530,6 +530,83 @@ async fn threat_31_operator_killed_and_restarted_neither_duplicates_nor_loses_a_
     f.ns.cleanup().await;
 }
 
+/// Changes made while the operator is down are all acted on when it starts, however
+/// its caches race each other to fill: every grant is reconciled, none is left behind.
+/// (kube-runtime's cache readiness once woke only one of many waiting reconciles, and
+/// the rest never ran again.)
+#[tokio::test]
+async fn threat_31_every_grant_changed_while_the_operator_was_down_is_reissued_at_start() {
+    const GRANTS: usize = 24;
+    const FILLER_SECRETS: usize = 200;
+    let mut f = Fixture::new("restart-many").await;
+    f.identity("triage").await;
+    f.job("work", None).await;
+    let names: Vec<String> = (0..GRANTS).map(|i| format!("g{i}")).collect();
+    for name in &names {
+        f.grant(name, "triage", ("batch/v1", "Job", "work"), github(), None)
+            .await;
+    }
+    let mut before = Vec::new();
+    for name in &names {
+        before.push(f.issued_serial(name).await);
+    }
+    // Many more labelled Secrets than grants (as left by other grants' tasks), so the
+    // Secret cache tends to fill after the grant cache and reconciles wait on it.
+    for i in 0..FILLER_SECRETS {
+        let filler: Secret = serde_json::from_value(json!({
+            "metadata": { "name": format!("filler-{i}"), "labels": { "mandate.dev/grant": "other" } },
+            "stringData": { "padding": "x".repeat(4096) },
+        }))
+        .unwrap();
+        f.secrets.create(&PostParams::default(), &filler).await.unwrap();
+    }
+
+    // Down: every grant's scope changes (a new generation), then the operator starts.
+    f.op.kill().await;
+    for name in &names {
+        let patch = json!({ "spec": { "purpose": "triage, rescoped while the operator was down" } });
+        f.grants
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+    f.op.restart(&f.ns.name).await;
+
+    for (name, old) in names.iter().zip(&before) {
+        let g = wait_for(&f.grants, name, "reissued for generation 2", |g: &ToolGrant| {
+            g.status.as_ref().is_some_and(|s| {
+                s.observed_generation == Some(2)
+                    && s.phase == Some(GrantPhase::Issued)
+                    && s.certificate.as_ref().is_some_and(|c| c.grant_generation == 2)
+            })
+        })
+        .await;
+        let serial = g.status.unwrap().certificate.unwrap().serial_number;
+        assert_ne!(&serial, old, "{name} kept the certificate of its old scope");
+        let secret = f.secrets.get(name).await.unwrap();
+        assert_eq!(
+            secret.annotations()["mandate.dev/serial"],
+            serial,
+            "{name}'s Secret does not hold the certificate its status reports"
+        );
+    }
+    let (_, revoked) = f.crl().await;
+    for (name, old) in names.iter().zip(&before) {
+        assert!(
+            revoked.contains(old),
+            "{name}'s superseded serial {old} is not in the CRL"
+        );
+    }
+    let secrets = f.secrets.list(&Default::default()).await.unwrap();
+    let grant_secrets = secrets
+        .items
+        .iter()
+        .filter(|s| s.labels().contains_key("mandate.dev/grant") && !s.name_any().starts_with("filler-"))
+        .count();
+    assert_eq!(grant_secrets, GRANTS, "one Secret per grant, no more");
+    f.ns.cleanup().await;
+}
+
 #[tokio::test]
 async fn threat_20_invalid_user_supplied_ca_stops_issuance_with_a_reason() {
     let c = client().await;

@@ -173,7 +173,7 @@ async fn fetch_identity(ctx: &Context, grant: &ToolGrant, ns: &str) -> Result<Op
 
 pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let uid = cached.uid().unwrap_or_default();
-    let res = reconcile_grant(cached, &ctx).await;
+    let res = super::within_deadline(reconcile_grant(cached, &ctx)).await;
     if res.is_err() {
         // Something we wrote may or may not have landed: read fresh next time.
         ctx.written.distrust(&uid);
@@ -221,7 +221,7 @@ async fn fetch_grant(ctx: &Context, api: &Api<ToolGrant>, cached: &ToolGrant) ->
 async fn fetch_secret(ctx: &Context, api: &Api<Secret>, grant: &ToolGrant, ns: &str) -> Result<Option<Secret>, Error> {
     let name = secret_name(grant);
     let uid = grant.uid().unwrap_or_default();
-    let ready = ctx.secrets.wait_until_ready().await.is_ok();
+    let ready = ctx.secrets_ready.wait().await;
     let cached = ctx.secrets.get(&ObjectRef::new(&name).within(ns));
     if ready
         && ctx

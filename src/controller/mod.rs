@@ -9,6 +9,7 @@ mod decision;
 mod grant;
 mod identity;
 pub mod policy;
+mod ready;
 mod slim;
 mod written;
 
@@ -127,6 +128,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("the reconcile did not finish within {after:?}; it was abandoned and will be retried")]
+    Deadline { after: Duration },
     #[error("failed to list ToolGrants in {namespace}: {source}")]
     ListGrants {
         namespace: String,
@@ -154,6 +157,7 @@ impl Error {
             Error::SpiffeId(_) => "InvalidSpiffeID",
             Error::WriteTrustBundle { .. } => "WriteTrustBundleFailed",
             Error::ListGrants { .. } => "ListGrantsFailed",
+            Error::Deadline { .. } => "ReconcileTimedOut",
         }
     }
 }
@@ -194,6 +198,8 @@ pub struct Context {
     pub pods: Store<Pod>,
     /// Grant Secrets (labelled `mandate.dev/grant`), without their private keys.
     pub secrets: Store<Secret>,
+    /// Whether `secrets` holds its initial list (see `ready` for why not the store's own).
+    pub secrets_ready: ready::Ready,
     /// The policy store (`None` until the AgentPolicies are first loaded).
     pub policies: watch::Receiver<Option<Arc<crate::policy::PolicyStore>>>,
     pub policy_compiler: policy::CompileCache,
@@ -269,6 +275,28 @@ where
     })
 }
 
+/// How long one reconcile may run. Every request it makes has its own timeout, but a
+/// reconcile that waits forever (on a lost wake-up, say) would hold its object's slot
+/// in the controller, and every later change to that object would wait behind it.
+/// Abandoning a reconcile is as safe as a crash at the same point (see `grant`).
+const RECONCILE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs `reconcile`, or fails with [`Error::Deadline`] once it has taken too long.
+pub(crate) async fn within_deadline(
+    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    within(RECONCILE_DEADLINE, reconcile).await
+}
+
+async fn within(
+    after: Duration,
+    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    tokio::time::timeout(after, reconcile)
+        .await
+        .unwrap_or(Err(Error::Deadline { after }))
+}
+
 /// Runs the controllers until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     spiffe::validate_trust_domain(&args.trust_domain).map_err(RunError::TrustDomain)?;
@@ -324,8 +352,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let (approval_store, approval_writer) = reflector::store();
     let (namespace_store, namespace_writer) = reflector::store();
     let policy_api: Api<AgentPolicy> = Api::all(client.clone());
-    let policy_controller = Controller::new(policy_api, watcher::Config::default());
-    let policy_store = policy_controller.store();
+    // Readiness of the caches that anything but their own controller waits on comes
+    // from their watch events (see `ready`).
+    let (policy_store, policy_writer) = reflector::store();
+    let (policies_mark, policies_ready) = ready::gate();
+    let policy_events = watcher(policy_api, watcher::Config::default())
+        .default_backoff()
+        .reflect(policy_writer)
+        .inspect_ok(policies_mark.on_init_done())
+        .applied_objects();
+    let policy_controller = Controller::for_stream(policy_events, policy_store.clone());
     let (policies_tx, policies_rx) = watch::channel(None);
     let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let approvals = watcher(api_for::<ToolGrantApproval>(&client, ns), watcher::Config::default())
@@ -335,6 +371,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .touched_objects();
     // Namespace labels feed AgentPolicy namespace selectors; a scoped operator only
     // needs (and may only be allowed to read) its own namespace.
+    let (namespaces_mark, namespaces_ready) = ready::gate();
     let ns_config = match ns {
         Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
         None => watcher::Config::default(),
@@ -346,6 +383,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     .default_backoff()
     .modify(slim::namespace)
     .reflect(namespace_writer)
+    .inspect_ok(namespaces_mark.on_init_done())
     .touched_objects();
     // Each cache is updated by the same watch that triggers the grant reconciles, before
     // the trigger passes on, so a reconcile never reads a state older than its trigger.
@@ -385,6 +423,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .reflect(pod_writer);
     let written = Arc::new(written::Written::default());
     let ours = written.clone();
+    let (secrets_mark, secrets_ready) = ready::gate();
     let secrets = watcher(
         api_for::<Secret>(&client, ns),
         watcher::Config::default().labels(LABEL_GRANT),
@@ -392,6 +431,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     .default_backoff()
     .modify(slim::secret)
     .reflect(secret_writer)
+    .inspect_ok(secrets_mark.on_init_done())
     // The reconcile that created, applied or deleted a Secret knows what it did;
     // the event of its own write would only run the grant again (and, with the
     // grant's own status event still on its way, read the grant back). Every other
@@ -422,6 +462,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         jobs: job_store,
         pods: pod_store,
         secrets: secret_store,
+        secrets_ready,
         policies: policies_rx.clone(),
         policy_compiler: policy::CompileCache::default(),
         audit: policy::AuditLog::default(),
@@ -481,7 +522,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let identity_controller = identity_controller
         .reconcile_on(identity_triggers)
         .shutdown_on_signal()
-        .run(identity::reconcile, error_policy, ctx.clone())
+        .run(
+            |identity, ctx| within_deadline(identity::reconcile(identity, ctx)),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "identity reconcile failed");
@@ -495,7 +540,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let policy_builder = {
         let policy_store = policy_store.clone();
         async move {
-            if policy_store.wait_until_ready().await.is_err() || ns_store_for_build.wait_until_ready().await.is_err() {
+            if !policies_ready.wait().await || !namespaces_ready.wait().await {
                 return;
             }
             let mut last = None;
@@ -530,7 +575,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .run(
             move |p, c| {
                 let _ = t2.send(());
-                policy::reconcile(p, c)
+                within_deadline(policy::reconcile(p, c))
             },
             error_policy,
             ctx.clone(),
@@ -593,4 +638,20 @@ fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Ar
         let _ = ctx.recorder.publish(&ev, &reference).await;
     });
     Action::requeue(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reconcile_that_never_finishes_is_abandoned_with_a_reason() {
+        let err = within(Duration::from_millis(10), std::future::pending())
+            .await
+            .expect_err("a reconcile that never finishes must not hold its object forever");
+        assert_eq!(err.reason(), "ReconcileTimedOut");
+        assert!(err.to_string().contains("retried"), "{err}");
+        let done = within(Duration::from_secs(60), async { Ok(Action::await_change()) }).await;
+        assert!(done.is_ok(), "a finished reconcile keeps its result");
+    }
 }
