@@ -136,18 +136,7 @@ impl Fixture {
     pub(crate) async fn crl(&self) -> (u64, Vec<String>) {
         let cms: Api<ConfigMap> = self.ns.api();
         let cm = cms.get("mandate-crl").await.expect("CRL ConfigMap published");
-        let pem_text = cm.data.unwrap()["crl.pem"].clone();
-        let der = ::pem::parse(pem_text).expect("CRL is PEM").into_contents();
-        let (_, crl) = parse_x509_crl(&der).expect("CRL parses");
-        let number = crl
-            .crl_number()
-            .map(|n| n.to_u64_digits().first().copied().unwrap_or(0))
-            .unwrap_or(0);
-        let serials = crl
-            .iter_revoked_certificates()
-            .map(|r| r.raw_serial_as_string().replace(':', ""))
-            .collect();
-        (number, serials)
+        crl_of(&cm).expect("the CRL ConfigMap holds a readable CRL")
     }
 
     /// Waits until the CRL lists `serial` (the ConfigMap is watched, not polled).
@@ -155,13 +144,29 @@ impl Fixture {
         let cms: Api<ConfigMap> = self.ns.api();
         let serial = serial.to_string();
         wait_for(&cms, "mandate-crl", "listing the serial", move |cm: &ConfigMap| {
-            cm.data
-                .as_ref()
-                .and_then(|d| d.get("revoked.json"))
-                .is_some_and(|j| j.contains(&serial))
+            crl_of(cm).is_some_and(|(_, serials)| serials.contains(&serial))
         })
         .await;
     }
+}
+
+/// The CRL number and serials of the signed CRL in a CRL ConfigMap, checked against the
+/// `crlNumber` beside it; `None` if there is no readable CRL.
+pub(crate) fn crl_of(cm: &ConfigMap) -> Option<(u64, Vec<String>)> {
+    let data = cm.data.as_ref()?;
+    let der = ::pem::parse(data.get("crl.pem")?).ok()?.into_contents();
+    let (_, crl) = parse_x509_crl(&der).ok()?;
+    let number = crl.crl_number()?.to_u64_digits().first().copied().unwrap_or(0);
+    assert_eq!(
+        data.get("crlNumber").map(String::as_str),
+        Some(number.to_string().as_str()),
+        "crlNumber disagrees with the signed CRL"
+    );
+    let serials = crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial_as_string().replace(':', ""))
+        .collect();
+    Some((number, serials))
 }
 
 pub(crate) fn github() -> serde_json::Value {

@@ -101,6 +101,18 @@ async fn the_install_manifest_applies_and_its_rbac_is_enough_to_issue_and_revoke
 
     let ns = TestNamespace::new(&admin, "install").await;
     agent_policy(&ns, "permit-all", "Enforce", PERMIT_ALL).await;
+    // The CA (and with it the revocation record) lives in the test namespace here, not
+    // in mandate-system: bind the chart's ledger role there, as such an install would.
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "mandate-ledger" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "mandate-ledger" },
+        "subjects": [{ "kind": "ServiceAccount", "name": SERVICE_ACCOUNT.1, "namespace": SERVICE_ACCOUNT.0 }],
+    }))
+    .unwrap();
+    ns.api::<k8s_openapi::api::rbac::v1::RoleBinding>()
+        .create(&Default::default(), &binding)
+        .await
+        .expect("ledger role bound in the CA namespace");
     let kubeconfig = impersonating_kubeconfig(&ns.name);
     let args = [
         format!("--ca-secret-namespace={}", ns.name),

@@ -12,4 +12,5 @@ mod grants;
 mod identity;
 mod install;
 mod policy;
+mod revocation;
 mod threats;

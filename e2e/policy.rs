@@ -10,7 +10,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use mandate::api::{AgentPolicy, GrantPhase, ToolGrant, ToolGrantApproval};
 use serde_json::json;
@@ -68,10 +68,18 @@ async fn grant_as(client: Client, ns: &str, name: &str, actions: &[&str]) -> Too
         .expect("grant created")
 }
 
-async fn approve(client: Client, ns: &str, name: &str, grant: &str, generation: i64, decision: &str) {
+/// Approves (or denies) `generation` of the grant object now named `grant`.
+pub(crate) async fn approve(client: Client, ns: &str, name: &str, grant: &str, generation: i64, decision: &str) {
+    let uid = Api::<ToolGrant>::namespaced(client.clone(), ns)
+        .get(grant)
+        .await
+        .expect("the grant to approve exists")
+        .uid()
+        .expect("a stored grant has a uid");
     let a: ToolGrantApproval = serde_json::from_value(json!({
         "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrantApproval", "metadata": { "name": name },
-        "spec": { "grantName": grant, "grantGeneration": generation, "decision": decision, "reason": "reviewed in #change-42" },
+        "spec": { "grantName": grant, "grantUID": uid, "grantGeneration": generation, "decision": decision,
+                  "reason": "reviewed in #change-42" },
     }))
     .unwrap();
     Api::<ToolGrantApproval>::namespaced(client, ns)
@@ -434,6 +442,47 @@ async fn threat_6_with_the_mutating_pass_bypassed_the_admission_policy_refuses_a
         .create(&dry, &manifest("honest", Some(json!(recorded))))
         .await
         .expect("the exact authenticated user is admitted");
+    f.ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn threat_35_an_approval_does_not_count_for_a_grant_deleted_and_created_again_under_its_name() {
+    let f = fixture("pol-recreate").await;
+    agent_policy(&f.ns, "writes", "Enforce", WRITES_NEED_APPROVAL).await;
+    let ns = f.ns.name.clone();
+    let alice = client_as("alice").await;
+    grant_as(alice.clone(), &ns, "g", &["read", "write"]).await;
+    wait_reason(&f, "g", GrantPhase::AwaitingApproval, "AwaitingApproval").await;
+    approve(client_as("bob").await, &ns, "bob-ok", "g", 1, "Approve").await;
+    f.wait_phase("g", GrantPhase::Issued).await;
+    let approvals: Api<ToolGrantApproval> = f.ns.api();
+    wait_for(&approvals, "bob-ok", "used", |a: &ToolGrantApproval| {
+        a.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Used")
+    })
+    .await;
+
+    // Same name, same generation, same spec: another object, and nobody approved it.
+    f.grants.delete("g", &DeleteParams::default()).await.unwrap();
+    crate::support::wait::wait_deleted(&f.grants, "g", "revoked and finalized").await;
+    let again = grant_as(alice.clone(), &ns, "g", &["read", "write"]).await;
+    assert_eq!(again.metadata.generation, Some(1));
+    let g = wait_reason(&f, "g", GrantPhase::AwaitingApproval, "AwaitingApproval").await;
+    assert!(g.status.unwrap().approval.is_none());
+    assert!(
+        f.secrets.get_opt("g").await.unwrap().is_none(),
+        "issued under the old approval"
+    );
+    let void = wait_for(
+        &approvals,
+        "bob-ok",
+        "void for the new object",
+        |a: &ToolGrantApproval| a.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Void"),
+    )
+    .await;
+    assert!(
+        void.status.unwrap().message.unwrap().contains(&again.uid().unwrap()),
+        "the message names the new object"
+    );
     f.ns.cleanup().await;
 }
 

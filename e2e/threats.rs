@@ -57,14 +57,14 @@ fn leaf_der(secret: &Secret) -> Vec<u8> {
     ::pem::parse(pem).expect("tls.crt is PEM").into_contents()
 }
 
-/// Why the revocation ledger (`revoked.json` beside the CRL) says `serial` was revoked.
+/// Why the revocation record (the serial's CertificateRecord) says `serial` was revoked.
 async fn ledger_reason(f: &Fixture, serial: &str) -> Option<String> {
-    let cm = f.ns.api::<ConfigMap>().get("mandate-crl").await.unwrap();
-    let ledger: Vec<serde_json::Value> = serde_json::from_str(&cm.data.unwrap()["revoked.json"]).unwrap();
-    ledger
-        .into_iter()
-        .find(|e| e["serial"] == serial)
-        .and_then(|e| e["reason"].as_str().map(String::from))
+    let record =
+        f.ns.api::<mandate::api::CertificateRecord>()
+            .get_opt(serial)
+            .await
+            .unwrap()?;
+    record.spec.revocation.map(|r| r.reason.as_str().to_string())
 }
 
 /// Waits until an Event in the test namespace satisfies `pred` (the Events are watched).
@@ -277,7 +277,7 @@ async fn threat_7_widening_beyond_the_ceiling_denies_and_revokes() {
     assert!(message.contains("\"admin\""), "excess not named: {message}");
     let (_, revoked) = f.crl().await;
     assert!(revoked.contains(&old), "old serial {old} not in the CRL {revoked:?}");
-    assert_eq!(ledger_reason(&f, &old).await.as_deref(), Some("ExceedsIdentityCeiling"));
+    assert_eq!(ledger_reason(&f, &old).await.as_deref(), Some("Withdrawn"));
     assert!(
         f.secrets.get_opt("g").await.unwrap().is_none(),
         "the Secret with the revoked certificate was left behind"

@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod spiffe;
+pub mod state;
 pub mod telemetry;
 pub mod webhook;

@@ -16,6 +16,11 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyLabel {
     policy: String,
 }
@@ -25,6 +30,10 @@ pub struct Metrics {
     registry: Registry,
     decisions: Family<OutcomeLabel, Counter>,
     audit_would_deny: Family<PolicyLabel, Counter>,
+    crl_publish_failures: Family<ReasonLabel, Counter>,
+    revocations_deferred: Family<ReasonLabel, Counter>,
+    records_swept: Family<ReasonLabel, Counter>,
+    reconcile_errors: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -42,10 +51,38 @@ impl Default for Metrics {
             "Grant decisions an Audit-mode policy would have denied, by policy id",
             audit_would_deny.clone(),
         );
+        let crl_publish_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "crl_publish_failures",
+            "Failed attempts to sign and store the CRL, by reason (CrlUnreadable and CrlMissing stop issuance)",
+            crl_publish_failures.clone(),
+        );
+        let revocations_deferred = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "revocations_deferred",
+            "Revocations recorded while the CRL could not be signed, by reason; the CRL lists them once it can",
+            revocations_deferred.clone(),
+        );
+        let records_swept = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "records_swept",
+            "Certificates revoked from the revocation record because their grant vanished, by reason",
+            records_swept.clone(),
+        );
+        let reconcile_errors = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles, by reason",
+            reconcile_errors.clone(),
+        );
         Metrics {
             registry,
             decisions,
             audit_would_deny,
+            crl_publish_failures,
+            revocations_deferred,
+            records_swept,
+            reconcile_errors,
         }
     }
 }
@@ -65,6 +102,30 @@ impl Metrics {
                 policy: policy.to_string(),
             })
             .inc();
+    }
+
+    fn count(family: &Family<ReasonLabel, Counter>, reason: &str) {
+        family
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn crl_publish_failed(&self, reason: &str) {
+        Self::count(&self.crl_publish_failures, reason);
+    }
+
+    pub fn revocation_deferred(&self, reason: &str) {
+        Self::count(&self.revocations_deferred, reason);
+    }
+
+    pub fn swept(&self, reason: &str) {
+        Self::count(&self.records_swept, reason);
+    }
+
+    pub fn reconcile_error(&self, reason: &str) {
+        Self::count(&self.reconcile_errors, reason);
     }
 
     /// The text exposition format.

@@ -12,11 +12,12 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "ToolGrantApproval",
     namespaced,
-    doc = "A human's approval or denial of exactly one generation of one ToolGrant held for approval by policy.",
+    doc = "A human's approval or denial of exactly one generation of one ToolGrant object (by UID) held for approval by policy.",
     status = "ToolGrantApprovalStatus",
     shortname = "approval",
     category = "mandate",
     printcolumn = r#"{"name":"Grant","type":"string","jsonPath":".spec.grantName"}"#,
+    printcolumn = r#"{"name":"Grant UID","type":"string","jsonPath":".spec.grantUID","priority":1}"#,
     printcolumn = r#"{"name":"Generation","type":"integer","jsonPath":".spec.grantGeneration"}"#,
     printcolumn = r#"{"name":"Decision","type":"string","jsonPath":".spec.decision"}"#,
     printcolumn = r#"{"name":"Approver","type":"string","jsonPath":".spec.approver.username"}"#,
@@ -29,6 +30,13 @@ pub struct ToolGrantApprovalSpec {
     /// The ToolGrant, in this namespace, this decision is about.
     #[schemars(length(min = 1, max = 253))]
     pub grant_name: String,
+
+    /// The `metadata.uid` of that ToolGrant (`kubectl get toolgrant NAME -o
+    /// jsonpath='{.metadata.uid}'`). A grant deleted and created again under the same
+    /// name is another object, and this decision does not count for it.
+    #[serde(rename = "grantUID")]
+    #[schemars(length(min = 1, max = 64))]
+    pub grant_uid: String,
 
     /// The exact `metadata.generation` of the grant being decided (shown by `kubectl get
     /// toolgrant -o wide` and in the grant's decision). Any later change to the grant's

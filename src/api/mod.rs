@@ -6,7 +6,9 @@
 mod approval;
 mod grant;
 mod identity;
+pub mod names;
 mod policy;
+mod record;
 mod tool;
 
 pub use approval::{ApprovalDecision, ToolGrantApproval, ToolGrantApprovalSpec, ToolGrantApprovalStatus, UserInfo};
@@ -17,6 +19,9 @@ pub use grant::{
 pub use identity::{AgentIdentity, AgentIdentitySpec, AgentIdentityStatus};
 pub use policy::{
     AgentPolicy, AgentPolicySpec, AgentPolicyStatus, AuditDenial, AuditSummary, PolicyError, PolicyMode, PolicySummary,
+};
+pub use record::{
+    CertificateRecord, CertificateRecordSpec, RecordedGrant, RecordedRevocation, RecordedTask, RevocationCause,
 };
 pub use tool::{Sensitivity, ToolScope};
 
@@ -34,6 +39,7 @@ pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensi
         ToolGrant::crd(),
         ToolGrantApproval::crd(),
         AgentPolicy::crd(),
+        CertificateRecord::crd(),
     ]
 }
 

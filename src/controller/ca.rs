@@ -21,14 +21,8 @@ use kube::{
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+pub use crate::pki::CaState;
 use crate::pki::{CertificateAuthority, OffsetDateTime};
-
-/// The CA as the rest of the operator sees it.
-#[derive(Clone)]
-pub enum CaState {
-    Ready(Arc<CertificateAuthority>),
-    Unavailable { reason: &'static str, message: String },
-}
 
 /// Where the CA lives.
 #[derive(Clone, Debug)]

@@ -28,11 +28,16 @@ use kube::{
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Context, Error, MANAGER, ca::CaState, crl::Revoked, decision, written::CachedGrant};
+use super::{
+    Context, Error, decision,
+    ledger::{self, Published},
+    written::CachedGrant,
+};
 use crate::{
     api::{
-        AgentIdentity, ApprovalRecord, CertificateStatus, GrantPhase, RevocationStatus, SupersededCertificate,
-        ToolGrant, ToolGrantStatus,
+        AgentIdentity, ApprovalRecord, CertificateRecordSpec, CertificateStatus, GrantPhase, RecordedGrant,
+        RecordedTask, RevocationCause, RevocationStatus, SupersededCertificate, ToolGrant, ToolGrantStatus,
+        names::{ANN_RENEW_AT, ANN_SERIAL, FINALIZER, LABEL_GRANT, LABEL_IDENTITY, LABEL_TASK, MANAGED_BY, MANAGER},
     },
     conditions::{self, Desired},
     decide::{
@@ -40,16 +45,9 @@ use crate::{
         grant::{CaObs, LiveCert, Observed, Plan, PolicyObs, SecretObs, decide},
         task::{self, TaskKind, TaskState},
     },
-    pki::{self, GrantScope, LeafRequest, OffsetDateTime, ScopeTool},
+    pki::{self, CaState, GrantScope, LeafRequest, OffsetDateTime, ScopeTool},
     spiffe::SpiffeId,
 };
-
-/// Finalizer that holds a grant until its revocation is recorded.
-pub const FINALIZER: &str = "mandate.dev/revocation";
-const ANN_RENEW_AT: &str = "mandate.dev/renew-at";
-pub const LABEL_GRANT: &str = "mandate.dev/grant";
-pub const LABEL_IDENTITY: &str = "mandate.dev/identity";
-pub const LABEL_TASK: &str = "mandate.dev/task";
 
 fn to_offset(t: Timestamp) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(t.as_second()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
@@ -250,14 +248,22 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
     let identity = fetch_identity(&ctx, &grant, &ns).await?;
     let task = fetch_task(&ctx, &grant, &ns).await?;
     let secret = fetch_secret(&ctx, &secrets, &grant, &ns).await?;
+    // Which serials this grant object has: never decided from half a record.
+    if !ctx.records_ready.wait().await {
+        return Ok(Action::await_change());
+    }
+    let records = ctx.ledger.records().for_grant(&grant.uid().unwrap_or_default());
     let ca_state = ctx.ca.borrow().clone();
-    let ca_obs = match &ca_state {
-        CaState::Ready(ca) => CaObs::Ready {
-            not_after: to_ts(ca.not_after()),
-        },
-        CaState::Unavailable { reason, message } => CaObs::Unavailable {
+    // A CRL that cannot take revocations stops issuance like a missing CA does: a
+    // certificate issued now could not be revoked where relying parties look.
+    let ca_obs = match (&ca_state, ctx.ledger.health()) {
+        (CaState::Unavailable { reason, message }, _) => CaObs::Unavailable {
             reason,
             message: message.clone(),
+        },
+        (CaState::Ready(_), ledger::Health::Unavailable { reason, message }) => CaObs::Unavailable { reason, message },
+        (CaState::Ready(ca), _) => CaObs::Ready {
+            not_after: to_ts(ca.not_after()),
         },
     };
     let now = Timestamp::now();
@@ -296,6 +302,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
         operator_max_ttl: ctx.operator_max_ttl,
         jitter: rand_unit(),
         policy: evaluated.obs.clone(),
+        records,
     };
 
     // Decide.
@@ -332,6 +339,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             lifetime,
             why,
             revoke_first,
+            cause,
         } => {
             let CaState::Ready(ca) = ca_state else {
                 unreachable!("decide issues only with a ready CA")
@@ -341,7 +349,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             };
             ensure_finalizer(&ctx, &grants, &grant).await?;
             if !revoke_first.is_empty() {
-                record_revocation(&ctx, &grant, &observed, &revoke_first, why).await?;
+                record_revocation(&ctx, &grant, &observed, &revoke_first, cause).await?;
             }
             let spiffe_id =
                 SpiffeId::for_agent(&ctx.trust_domain, &ns, &identity.name_any()).map_err(Error::SpiffeId)?;
@@ -376,6 +384,19 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                     to_offset(now),
                 )
                 .map_err(Error::Issue)?;
+            // Recorded before it leaves the operator: from here on, a crash at any step
+            // leaves a serial that revocation finds (by the grant's UID).
+            ctx.ledger
+                .record_issued(CertificateRecordSpec {
+                    serial_number: leaf.serial_hex.clone(),
+                    not_after: Time(to_ts(leaf.not_after)),
+                    grant: recorded_grant(&grant, grant.metadata.generation.unwrap_or_default()),
+                    task: recorded_task(&grant, &task.uid),
+                    identity: identity.name_any(),
+                    revocation: None,
+                })
+                .await
+                .map_err(Error::RecordCertificate)?;
             write_secret(
                 &ctx,
                 &secrets,
@@ -452,10 +473,11 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
         Plan::Revoke {
             phase,
             reason,
+            cause,
             message,
             serials,
         } => {
-            record_revocation(&ctx, &grant, &observed, &serials, reason).await?;
+            record_revocation(&ctx, &grant, &observed, &serials, cause).await?;
             delete_secret_if_ours(&ctx, &secrets, &grant, secret.as_ref()).await?;
             let already = previous.phase == Some(phase);
             let revocation = if already {
@@ -512,7 +534,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             message,
             serials,
         } => {
-            record_revocation(&ctx, &grant, &observed, &serials, reason).await?;
+            record_revocation(&ctx, &grant, &observed, &serials, RevocationCause::Withdrawn).await?;
             delete_secret_if_ours(&ctx, &secrets, &grant, secret.as_ref()).await?;
             let desired = vec![Desired {
                 type_: conditions::READY,
@@ -646,21 +668,25 @@ fn rand_unit() -> f64 {
     rand::random::<f64>()
 }
 
-/// Puts `serials` on the CRL and waits until the signed CRL holding them is stored.
+/// Marks `serials` revoked in the revocation record, then waits for the CRL that lists
+/// them, unless the CRL cannot be signed now (the record alone makes them durable,
+/// and the CRL lists them once it can be signed).
 async fn record_revocation(
     ctx: &Context,
     grant: &ToolGrant,
     o: &Observed<'_>,
     serials: &[String],
-    reason: &str,
+    cause: RevocationCause,
 ) -> Result<(), Error> {
     if serials.is_empty() {
         return Ok(());
     }
-    let ns = grant.namespace().unwrap_or_default();
-    // Each serial stays listed until the latest moment its certificate could expire.
     let status = grant.status.clone().unwrap_or_default();
+    // Each serial stays listed until the latest moment its certificate could expire.
     let not_after_of = |serial: &str| -> Timestamp {
+        if let Some(r) = o.records.iter().find(|r| r.serial == serial) {
+            return r.not_after;
+        }
         if let SecretObs::Ours(Some(c)) = &o.secret
             && c.serial == serial
         {
@@ -681,17 +707,67 @@ async fn record_revocation(
             .max()
             .unwrap_or(o.now + k8s_openapi::jiff::SignedDuration::from_hours(24 * 365))
     };
-    let entries = serials
+    let generation_of = |serial: &str| -> i64 {
+        o.records
+            .iter()
+            .find(|r| r.serial == serial)
+            .map(|r| r.generation)
+            .or_else(|| match &o.secret {
+                SecretObs::Ours(Some(c)) if c.serial == serial => Some(c.grant_generation),
+                _ => None,
+            })
+            .or_else(|| {
+                status
+                    .certificate
+                    .as_ref()
+                    .filter(|c| c.serial_number == serial)
+                    .map(|c| c.grant_generation)
+            })
+            .unwrap_or_default()
+    };
+    let task_uid = o.task.as_ref().map(|t| t.uid.clone()).unwrap_or_default();
+    let specs = serials
         .iter()
-        .map(|s| Revoked {
-            serial: s.clone(),
-            not_after: not_after_of(s),
-            revoked_at: o.now,
-            reason: reason.to_string(),
-            grant: format!("{ns}/{}", grant.name_any()),
+        .map(|s| {
+            ledger::revocation(
+                s,
+                not_after_of(s),
+                recorded_grant(grant, generation_of(s)),
+                recorded_task(grant, &task_uid),
+                &grant.spec.identity_ref.name,
+                cause,
+                o.now,
+            )
         })
         .collect();
-    ctx.ledger.revoke(entries).await.map_err(Error::RecordRevocation)
+    match ctx.ledger.revoke(specs).await.map_err(Error::RecordRevocation)? {
+        Published::Listed { .. } => {}
+        Published::Deferred { reason, message } => {
+            warn!(grant = %grant.name_any(), namespace = %grant.namespace().unwrap_or_default(), serials = ?serials,
+                  reason, %message, "revocation recorded; the CRL will list it once it can be signed");
+            ctx.metrics.revocation_deferred(reason);
+        }
+    }
+    Ok(())
+}
+
+fn recorded_grant(grant: &ToolGrant, generation: i64) -> RecordedGrant {
+    RecordedGrant {
+        namespace: grant.namespace().unwrap_or_default(),
+        name: grant.name_any(),
+        uid: grant.uid().unwrap_or_default(),
+        generation,
+    }
+}
+
+fn recorded_task(grant: &ToolGrant, uid: &str) -> RecordedTask {
+    let r = &grant.spec.task_ref;
+    RecordedTask {
+        api_version: r.api_version.clone(),
+        kind: r.kind.clone(),
+        name: r.name.clone(),
+        uid: uid.to_string(),
+    }
 }
 
 async fn ensure_finalizer(ctx: &Context, api: &Api<ToolGrant>, grant: &ToolGrant) -> Result<(), Error> {
@@ -778,14 +854,14 @@ async fn write_secret(
                     (LABEL_GRANT.to_string(), grant.name_any()),
                     (LABEL_IDENTITY.to_string(), identity.name_any()),
                     (LABEL_TASK.to_string(), task_ref.name.clone()),
-                    ("app.kubernetes.io/managed-by".to_string(), "mandate".to_string()),
+                    ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
                 ]
                 .into(),
             ),
             annotations: Some(
                 [
                     (ANN_RENEW_AT.to_string(), renew_at.to_string()),
-                    ("mandate.dev/serial".to_string(), leaf.serial_hex.clone()),
+                    (ANN_SERIAL.to_string(), leaf.serial_hex.clone()),
                 ]
                 .into(),
             ),

@@ -13,10 +13,14 @@ use tracing::info;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use super::{Context, Error, MANAGER, TRUST_BUNDLE_CONFIGMAP, ca::CaState};
+use super::{Context, Error};
 use crate::{
-    api::{AgentIdentity, AgentIdentityStatus, GrantPhase},
+    api::{
+        AgentIdentity, AgentIdentityStatus, GrantPhase,
+        names::{MANAGER, TRUST_BUNDLE_CONFIGMAP},
+    },
     conditions::{self, Desired},
+    pki::CaState,
     spiffe::SpiffeId,
 };
 

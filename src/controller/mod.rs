@@ -4,13 +4,13 @@
 //! apply, then status.
 
 pub mod ca;
-pub mod crl;
 mod decision;
 mod grant;
 mod identity;
+pub mod ledger;
 pub mod policy;
-mod ready;
 mod slim;
+mod sweeper;
 mod written;
 
 use std::{
@@ -39,21 +39,15 @@ use kube::{
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-pub use grant::{FINALIZER, LABEL_GRANT, LABEL_IDENTITY, LABEL_TASK};
-
 use crate::{
-    api::{AgentIdentity, AgentPolicy, ToolGrant, ToolGrantApproval},
+    api::{
+        AgentIdentity, AgentPolicy, CertificateRecord, ToolGrant, ToolGrantApproval,
+        names::{CRL_CONFIGMAP, LABEL_GRANT, MANAGER},
+    },
     cli::RunArgs,
     decide::task::FinishedConditions,
     spiffe,
 };
-
-/// Field manager of every server-side apply the operator makes, suffixed per call site.
-pub const MANAGER: &str = "mandate";
-/// Name of the ConfigMap holding the CRL, in the CA's namespace.
-pub const CRL_CONFIGMAP: &str = "mandate-crl";
-/// Name of the ConfigMap holding the trust bundle, in every namespace with an identity.
-pub const TRUST_BUNDLE_CONFIGMAP: &str = "mandate-trust-bundle";
 
 /// Why a reconcile failed; each variant names the step.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +111,9 @@ pub enum Error {
         source: kube::Error,
     },
     #[error("failed to record the revocation: {0}")]
-    RecordRevocation(#[source] crl::LedgerError),
+    RecordRevocation(#[source] ledger::LedgerError),
+    #[error("failed to record the certificate before writing it: {0}")]
+    RecordCertificate(#[source] ledger::LedgerError),
     #[error("failed to issue the certificate: {0}")]
     Issue(#[source] crate::pki::PkiError),
     #[error("failed to build the SPIFFE ID: {0}")]
@@ -152,7 +148,7 @@ impl Error {
             Error::WriteSecret { .. } => "WriteSecretFailed",
             Error::DeleteSecret { .. } => "DeleteSecretFailed",
             Error::WriteFinalizer { .. } => "WriteFinalizerFailed",
-            Error::RecordRevocation(_) => "RecordRevocationFailed",
+            Error::RecordRevocation(e) | Error::RecordCertificate(e) => e.reason(),
             Error::Issue(_) => "IssueFailed",
             Error::SpiffeId(_) => "InvalidSpiffeID",
             Error::WriteTrustBundle { .. } => "WriteTrustBundleFailed",
@@ -185,7 +181,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub trust_domain: String,
     pub ca: watch::Receiver<ca::CaState>,
-    pub ledger: crl::Ledger,
+    pub ledger: ledger::Ledger,
+    /// Whether the revocation record is in memory (see `state::ready`).
+    pub records_ready: crate::state::ready::Ready,
     pub operator_max_ttl: Duration,
     pub finished_conditions: FinishedConditions,
     /// API resources of task kinds found by discovery, by `apiVersion/kind`.
@@ -199,7 +197,7 @@ pub struct Context {
     /// Grant Secrets (labelled `mandate.dev/grant`), without their private keys.
     pub secrets: Store<Secret>,
     /// Whether `secrets` holds its initial list (see `ready` for why not the store's own).
-    pub secrets_ready: ready::Ready,
+    pub secrets_ready: crate::state::ready::Ready,
     /// The policy store (`None` until the AgentPolicies are first loaded).
     pub policies: watch::Receiver<Option<Arc<crate::policy::PolicyStore>>>,
     pub policy_compiler: policy::CompileCache,
@@ -334,12 +332,39 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .await
         .map_err(RunError::Metrics)?;
     tokio::spawn(metrics_server);
-    let ledger = crl::spawn(crl::LedgerConfig {
+    // The revocation record: one watch on the CertificateRecords in the CA's namespace
+    // feeds the index that the grant reconciles, the CRL writer and the sweeper read.
+    let records = crate::state::records::RecordIndex::default();
+    let (records_mark, records_ready) = crate::state::ready::gate();
+    let record_events = {
+        let records = records.clone();
+        let mut mark = records_mark.on_init_done();
+        watcher(
+            Api::<CertificateRecord>::namespaced(client.clone(), &args.ca_secret_namespace),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .for_each(move |event| {
+            match event {
+                Ok(event) => {
+                    records.on_event(&event);
+                    mark(&event);
+                }
+                Err(e) => warn!(error = %e, "CertificateRecord watch failed; retrying"),
+            }
+            futures::future::ready(())
+        })
+    };
+    tokio::spawn(record_events);
+    let ledger = ledger::spawn(ledger::LedgerConfig {
         client: client.clone(),
         namespace: args.ca_secret_namespace.clone(),
-        name: CRL_CONFIGMAP.into(),
+        crl_name: CRL_CONFIGMAP.into(),
         validity: args.crl_validity.into(),
         ca: ca_rx.clone(),
+        records: records.clone(),
+        records_ready: records_ready.clone(),
+        metrics: metrics.clone(),
     });
 
     let ns = &args.watch_namespace;
@@ -355,7 +380,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // Readiness of the caches that anything but their own controller waits on comes
     // from their watch events (see `ready`).
     let (policy_store, policy_writer) = reflector::store();
-    let (policies_mark, policies_ready) = ready::gate();
+    let (policies_mark, policies_ready) = crate::state::ready::gate();
     let policy_events = watcher(policy_api, watcher::Config::default())
         .default_backoff()
         .reflect(policy_writer)
@@ -371,7 +396,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .touched_objects();
     // Namespace labels feed AgentPolicy namespace selectors; a scoped operator only
     // needs (and may only be allowed to read) its own namespace.
-    let (namespaces_mark, namespaces_ready) = ready::gate();
+    let (namespaces_mark, namespaces_ready) = crate::state::ready::gate();
     let ns_config = match ns {
         Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
         None => watcher::Config::default(),
@@ -391,11 +416,19 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // The same watch tells the identity controller which identities' grants changed,
     // so grants are decoded once (not once more by a watch of its own).
     let (identity_tx, identity_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<AgentIdentity>>();
+    let (deleted_tx, deleted_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (grants_mark, grants_ready) = crate::state::ready::gate();
     let grant_events = watcher(grants, watcher::Config::default())
         .default_backoff()
         .modify(slim::grant)
         .reflect(grant_writer)
+        .inspect_ok(grants_mark.on_init_done())
         .inspect_ok(move |event| {
+            // A grant gone from the API: the sweeper makes sure its serials are revoked
+            // even if its finalizer was removed by hand.
+            if let watcher::Event::Delete(g) = event {
+                let _ = deleted_tx.send(g.uid().unwrap_or_default());
+            }
             if let watcher::Event::Apply(g) | watcher::Event::Delete(g) | watcher::Event::InitApply(g) = event {
                 let identity = ObjectRef::new(&g.spec.identity_ref.name).within(&g.namespace().unwrap_or_default());
                 // The receiver lives as long as the identity controller; if it has
@@ -423,7 +456,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .reflect(pod_writer);
     let written = Arc::new(written::Written::default());
     let ours = written.clone();
-    let (secrets_mark, secrets_ready) = ready::gate();
+    let (secrets_mark, secrets_ready) = crate::state::ready::gate();
     let secrets = watcher(
         api_for::<Secret>(&client, ns),
         watcher::Config::default().labels(LABEL_GRANT),
@@ -451,7 +484,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         recorder,
         trust_domain: args.trust_domain.clone(),
         ca: ca_rx,
-        ledger,
+        ledger: ledger.clone(),
+        records_ready: records_ready.clone(),
         operator_max_ttl: args.max_ttl.into(),
         finished_conditions: FinishedConditions {
             types: args.task_finished_conditions.clone(),
@@ -473,7 +507,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         published_bundles: Mutex::new(HashMap::new()),
     });
 
-    let (s1, s2, s3) = (grant_store.clone(), grant_store.clone(), grant_store);
+    let (s1, s2, s3) = (grant_store.clone(), grant_store.clone(), grant_store.clone());
     // Every change of the CA (restored, replaced, deleted) re-checks every grant: ones
     // waiting on it can issue, and none may keep issuing from a CA that is gone.
     let ca_changes = futures::stream::unfold(ctx.ca.clone(), |mut rx| async move {
@@ -483,9 +517,30 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let policy_changes = futures::stream::unfold(policies_rx, |mut rx| async move {
         rx.changed().await.ok().map(|_| ((), rx))
     });
+    // And every change of the CRL's health: an unusable CRL stops issuance, a fixed one
+    // resumes it.
+    let ledger_changes = futures::stream::unfold(ledger.health_changes(), |mut rx| async move {
+        rx.changed().await.ok().map(|_| ((), rx))
+    });
+    tokio::spawn(
+        sweeper::Sweeper {
+            client: client.clone(),
+            ledger: ledger.clone(),
+            namespace: args.ca_secret_namespace.clone(),
+            watch_namespace: args.watch_namespace.clone(),
+            grants: grant_store.clone(),
+            grants_ready,
+            records_ready,
+            metrics: ctx.metrics.clone(),
+        }
+        .run(deleted_rx),
+    );
     let s4 = ctx.grants.clone();
     let grant_controller = grant_controller
-        .reconcile_all_on(futures::stream::select(ca_changes, policy_changes))
+        .reconcile_all_on(futures::stream::select(
+            futures::stream::select(ca_changes, policy_changes),
+            ledger_changes,
+        ))
         .watches_stream(approvals, move |a: ToolGrantApproval| {
             let ns = a.namespace();
             s4.state()

@@ -91,6 +91,18 @@ pub fn candidates(
             ));
             continue;
         };
+        if Some(a.spec.grant_uid.as_str()) != grant.metadata.uid.as_deref() {
+            verdicts.push(verdict(
+                "Void",
+                format!(
+                    "it decides ToolGrant object {} but {} is now object {} (deleted and created again)",
+                    a.spec.grant_uid,
+                    grant.name_any(),
+                    grant.metadata.uid.as_deref().unwrap_or("?")
+                ),
+            ));
+            continue;
+        }
         if a.spec.grant_generation != generation {
             verdicts.push(verdict(
                 "Void",
@@ -151,7 +163,7 @@ mod tests {
     fn grant(generation: i64) -> ToolGrant {
         serde_json::from_value(json!({
             "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrant",
-            "metadata": {"name": "g", "namespace": "ns", "generation": generation},
+            "metadata": {"name": "g", "namespace": "ns", "uid": "g-uid", "generation": generation},
             "spec": {"identityRef": {"name": "a"}, "taskRef": {"apiVersion": "v1", "kind": "Pod", "name": "p"},
                      "tools": [{"name": "github", "actions": ["write"]}], "purpose": "x"}
         }))
@@ -169,6 +181,7 @@ mod tests {
             name,
             ToolGrantApprovalSpec {
                 grant_name: "g".into(),
+                grant_uid: "g-uid".into(),
                 grant_generation: generation,
                 decision,
                 reason: Some("looked at it".into()),
@@ -191,6 +204,20 @@ mod tests {
         assert_eq!(verdicts[0].state, "Void");
         let (pick, _) = super::pick(&grant(1), &[&a], ts(10));
         assert!(matches!(pick, Pick::Approved { ref approver, .. } if approver == "bob"));
+    }
+
+    #[test]
+    fn threat_35_an_approval_does_not_count_for_a_new_grant_of_the_same_name() {
+        let a = approval("a", 1, ApprovalDecision::Approve, Some("bob"), 0);
+        let mut again = grant(1);
+        again.metadata.uid = Some("another-uid".into());
+        let (p, v) = pick(&again, &[&a], ts(10));
+        assert_eq!(p, Pick::None, "same name and generation, another object");
+        assert_eq!(v[0].state, "Void");
+        assert!(v[0].message.contains("another-uid"), "{}", v[0].message);
+        let deny = approval("no", 1, ApprovalDecision::Deny, Some("carol"), 0);
+        let (p, _) = pick(&again, &[&deny], ts(10));
+        assert_eq!(p, Pick::None, "nor does a denial of the old object");
     }
 
     #[test]

@@ -15,7 +15,10 @@ use super::{
     scope,
     task::TaskState,
 };
-use crate::api::{AgentIdentity, GrantPhase, LifetimeCap, ToolGrant};
+use crate::{
+    api::{AgentIdentity, GrantPhase, LifetimeCap, RevocationCause, ToolGrant},
+    state::records::RecordFacts,
+};
 
 /// The certificate currently in the grant's Secret, as read from it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +85,9 @@ pub struct Observed<'a> {
     pub operator_max_ttl: Duration,
     pub jitter: f64,
     pub policy: PolicyObs,
+    /// The revocation record's entries for this grant object (by UID): every serial
+    /// ever signed for it that has not expired, including any its status lost.
+    pub records: Vec<RecordFacts>,
 }
 
 /// The decision.
@@ -93,11 +99,14 @@ pub enum Plan {
         lifetime: Lifetime,
         why: &'static str,
         revoke_first: Vec<String>,
+        /// Why `revoke_first` are revoked.
+        cause: RevocationCause,
     },
     /// Revoke every live serial, delete the Secret, and end the grant in `phase`.
     Revoke {
         phase: GrantPhase,
         reason: &'static str,
+        cause: RevocationCause,
         message: String,
         serials: Vec<String>,
     },
@@ -121,11 +130,13 @@ pub enum Plan {
 }
 
 /// Serials of this grant that may still be valid: the Secret's, the status's current
-/// one, and superseded ones not yet expired. Deduplicated, in that order.
+/// one, superseded ones, and any the revocation record holds for this grant object,
+/// unless expired or revoked in the record. Deduplicated, in that order.
 pub fn live_serials(o: &Observed<'_>) -> Vec<String> {
+    let revoked_in_record = |s: &str| o.records.iter().any(|r| r.serial == s && r.revoked.is_some());
     let mut out: Vec<String> = vec![];
     let mut push = |s: &str| {
-        if !out.iter().any(|x| x == s) {
+        if !out.iter().any(|x| x == s) && !revoked_in_record(s) {
             out.push(s.to_string());
         }
     };
@@ -144,13 +155,28 @@ pub fn live_serials(o: &Observed<'_>) -> Vec<String> {
             push(&s.serial_number);
         }
     }
+    for r in o.records.iter().filter(|r| r.is_live(o.now)) {
+        push(&r.serial);
+    }
     out
 }
 
-fn revoke(o: &Observed<'_>, phase: GrantPhase, reason: &'static str, message: String) -> Plan {
+/// The final revocation the record holds for this grant object, if any: the record,
+/// not the status (which a user with access to it could rewrite), says a grant ended.
+fn final_in_record(o: &Observed<'_>) -> Option<RevocationCause> {
+    o.records
+        .iter()
+        .filter_map(|r| r.revoked)
+        .filter(|(_, cause)| cause.is_final())
+        .min_by_key(|(at, _)| *at)
+        .map(|(_, cause)| cause)
+}
+
+fn revoke(o: &Observed<'_>, phase: GrantPhase, cause: RevocationCause, message: String) -> Plan {
     Plan::Revoke {
         phase,
-        reason,
+        reason: cause.as_str(),
+        cause,
         message,
         serials: live_serials(o),
     }
@@ -181,8 +207,27 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     let grant = o.grant;
     let status = grant.status.clone().unwrap_or_default();
     let generation = grant.metadata.generation.unwrap_or_default();
-    let ever_issued = status.first_issued.is_some() || !live_serials(o).is_empty();
+    let ever_issued = status.first_issued.is_some() || !live_serials(o).is_empty() || !o.records.is_empty();
 
+    let recorded_end = final_in_record(o);
+    if status.phase.filter(|p| p.is_final()).is_none()
+        && let Some(cause) = recorded_end
+    {
+        // The record says this grant ended, the status does not (it was rewritten, or a
+        // crash came between the two): the record wins.
+        let phase = if cause == RevocationCause::MaxLifetimeReached {
+            GrantPhase::Expired
+        } else {
+            GrantPhase::Revoked
+        };
+        return Plan::Revoke {
+            phase,
+            reason: "RevocationCompleted",
+            cause,
+            message: format!("the revocation record says this grant ended ({})", cause.as_str()),
+            serials: live_serials(o),
+        };
+    }
     if let Some(phase) = status.phase.filter(|p| p.is_final()) {
         // Revocation is final; repeat it only if something was left live: a Secret still
         // there (a crash between recording the revocation and deleting it), or a serial
@@ -197,6 +242,11 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         let unrecorded: Vec<String> = live_serials(o).into_iter().filter(|s| !recorded.contains(s)).collect();
         if !unrecorded.is_empty() || matches!(o.secret, SecretObs::Ours(_)) {
             let r = status.revocation.as_ref().map(|r| r.reason.clone()).unwrap_or_default();
+            let cause = recorded_end.unwrap_or(if phase == GrantPhase::Expired {
+                RevocationCause::MaxLifetimeReached
+            } else {
+                RevocationCause::GrantDeleted
+            });
             let mut serials = unrecorded;
             // The Secret's certificate is revoked (again, harmlessly) before it goes.
             if let SecretObs::Ours(Some(c)) = &o.secret
@@ -207,6 +257,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             return Plan::Revoke {
                 phase,
                 reason: "RevocationCompleted",
+                cause,
                 message: format!("completing the earlier revocation ({r})"),
                 serials,
             };
@@ -223,7 +274,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         return revoke(
             o,
             GrantPhase::Revoked,
-            "GrantDeleted",
+            RevocationCause::GrantDeleted,
             "the ToolGrant was deleted".into(),
         );
     }
@@ -234,7 +285,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             revoke(
                 o,
                 GrantPhase::Revoked,
-                "IdentityDeleted",
+                RevocationCause::IdentityDeleted,
                 format!("AgentIdentity {identity_name} was deleted"),
             )
         } else {
@@ -249,7 +300,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             revoke(
                 o,
                 GrantPhase::Revoked,
-                "IdentitySuspended",
+                RevocationCause::IdentitySuspended,
                 format!("AgentIdentity {identity_name} is suspended"),
             )
         } else {
@@ -267,7 +318,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             revoke(
                 o,
                 GrantPhase::Revoked,
-                "TaskDeleted",
+                RevocationCause::TaskDeleted,
                 format!("{task_name} no longer exists"),
             )
         } else {
@@ -285,12 +336,12 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         return revoke(
             o,
             GrantPhase::Revoked,
-            "TaskDeleted",
+            RevocationCause::TaskDeleted,
             format!("{task_name} was replaced by a new object"),
         );
     }
     if let Some((outcome, detail)) = &task.finished {
-        let why = outcome.revocation_reason();
+        let why = outcome.revocation_cause();
         return revoke(o, GrantPhase::Revoked, why, format!("{task_name} finished: {detail}"));
     }
 
@@ -389,30 +440,31 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         };
     }
 
-    let (why, revoke_first) = match live {
-        Some(c) if c.grant_generation != generation => ("ScopeChanged", live_serials(o)),
-        Some(_) => ("Renewal", vec![]),
+    let (why, revoke_first, cause) = match live {
+        Some(c) if c.grant_generation != generation => ("ScopeChanged", live_serials(o), RevocationCause::ScopeChanged),
+        Some(_) => ("Renewal", vec![], RevocationCause::ScopeChanged),
         // A certificate in status but none in the Secret: the Secret was deleted or
         // emptied. Revoke what it held before issuing a replacement.
-        None => ("Initial", live_serials(o)),
+        None => ("Initial", live_serials(o), RevocationCause::SecretLost),
     };
     match lifetime::plan(&limits, o.jitter) {
         Ok(lifetime) => Plan::Issue {
             lifetime,
             why,
             revoke_first,
+            cause,
         },
         Err(no_time) => match no_time.cap {
             LifetimeCap::GrantLifetime => revoke(
                 o,
                 GrantPhase::Expired,
-                "MaxLifetimeReached",
+                RevocationCause::MaxLifetimeReached,
                 format!("the grant reached its maximum lifetime at {}", no_time.until),
             ),
             LifetimeCap::TaskDeadline => revoke(
                 o,
                 GrantPhase::Revoked,
-                "TaskDeadlineExceeded",
+                RevocationCause::TaskDeadlineExceeded,
                 format!("{task_name} passed its deadline at {}", no_time.until),
             ),
             cap => pending(
@@ -468,6 +520,7 @@ mod tests {
             operator_max_ttl: Duration::from_secs(86400),
             jitter: 0.5,
             policy,
+            records: vec![],
         }
     }
 
@@ -531,6 +584,78 @@ mod tests {
             Plan::Revoke { serials, .. } => assert_eq!(serials, ["ab"]),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn record(serial: &str, now: Timestamp, revoked: Option<RevocationCause>) -> RecordFacts {
+        RecordFacts {
+            serial: serial.into(),
+            not_after: now + SignedDuration::from_hours(1),
+            grant_namespace: "ns".into(),
+            grant_name: "g".into(),
+            grant_uid: "g-uid".into(),
+            generation: 1,
+            task_uid: "t-uid".into(),
+            revoked: revoked.map(|c| (now, c)),
+            deleting: false,
+        }
+    }
+
+    /// A crash between writing a renewed certificate's Secret and the status leaves a
+    /// serial the status never held; a later renewal overwrote the Secret. Only the
+    /// revocation record still knows it, and the task's end revokes it.
+    #[test]
+    fn threat_31_a_serial_only_the_record_knows_is_revoked_when_the_task_ends() {
+        let (g, id) = (grant(), identity());
+        let mut o = observed(&g, &id, SecretObs::Absent, PolicyObs::Allow);
+        o.secret = live(o.now);
+        o.records = vec![record("ab", o.now, None), record("forgotten", o.now, None)];
+        o.task.as_mut().unwrap().finished = Some((crate::decide::task::Outcome::Succeeded, "done".into()));
+        match decide(&o) {
+            Plan::Revoke { cause, serials, .. } => {
+                assert_eq!(cause, RevocationCause::TaskCompleted);
+                assert_eq!(serials, ["ab", "forgotten"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_serial_the_record_has_revoked_is_not_revoked_again() {
+        let (g, id) = (grant(), identity());
+        let mut o = observed(&g, &id, SecretObs::Absent, PolicyObs::Allow);
+        o.secret = live(o.now);
+        o.records = vec![record("ab", o.now, Some(RevocationCause::ScopeChanged))];
+        o.task.as_mut().unwrap().finished = Some((crate::decide::task::Outcome::Failed, "boom".into()));
+        match decide(&o) {
+            Plan::Revoke { serials, .. } => assert!(serials.is_empty(), "{serials:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Finality comes from the record: a status rewritten to look live (by anyone who
+    /// may write it) does not bring a revoked grant back.
+    #[test]
+    fn threat_37_the_record_not_the_status_says_a_grant_ended() {
+        let (mut g, id) = (grant(), identity());
+        g.status = Some(crate::api::ToolGrantStatus {
+            phase: Some(GrantPhase::Issued),
+            ..Default::default()
+        });
+        let mut o = observed(&g, &id, SecretObs::Absent, PolicyObs::Allow);
+        o.records = vec![record("ab", o.now, Some(RevocationCause::TaskCompleted))];
+        match decide(&o) {
+            Plan::Revoke {
+                phase, reason, cause, ..
+            } => {
+                assert_eq!(phase, GrantPhase::Revoked);
+                assert_eq!(reason, "RevocationCompleted");
+                assert_eq!(cause, RevocationCause::TaskCompleted);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A non-final revocation (a scope change) does not end the grant.
+        o.records = vec![record("ab", o.now, Some(RevocationCause::ScopeChanged))];
+        assert!(matches!(decide(&o), Plan::Issue { .. }));
     }
 
     #[test]

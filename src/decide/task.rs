@@ -20,12 +20,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The revocation reason recorded for it.
-    pub fn revocation_reason(self) -> &'static str {
+    /// The revocation cause recorded for it.
+    pub fn revocation_cause(self) -> crate::api::RevocationCause {
+        use crate::api::RevocationCause;
         match self {
-            Outcome::Succeeded => "TaskCompleted",
-            Outcome::Failed => "TaskFailed",
-            Outcome::Deleting => "TaskDeleted",
+            Outcome::Succeeded => RevocationCause::TaskCompleted,
+            Outcome::Failed => RevocationCause::TaskFailed,
+            Outcome::Deleting => RevocationCause::TaskDeleted,
         }
     }
 }

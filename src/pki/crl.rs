@@ -104,6 +104,41 @@ fn revoked_certs(entries: &[CrlEntry]) -> Result<Vec<RevokedCertParams>, PkiErro
         .collect()
 }
 
+/// What a stored CRL says, read back to check it before it is replaced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlInfo {
+    /// The CRL number; `None` when it has none or it does not fit 64 bits.
+    pub crl_number: Option<u64>,
+    /// The revoked serials, lower-case hex as elsewhere in this module.
+    pub serials: Vec<String>,
+}
+
+/// Parses a PEM CRL. Any defect is an error: a CRL that cannot be read is never taken
+/// for an empty one.
+pub fn inspect_crl_pem(crl_pem: &str) -> Result<CrlInfo, PkiError> {
+    let block = pem::parse(crl_pem).map_err(|e| PkiError::InvalidCrl(format!("the CRL is not PEM: {e}")))?;
+    if block.tag() != "X509 CRL" {
+        return Err(PkiError::InvalidCrl(format!(
+            "the PEM block is {:?}, not \"X509 CRL\"",
+            block.tag()
+        )));
+    }
+    let (rest, crl) = x509_parser::parse_x509_crl(block.contents())
+        .map_err(|e| PkiError::InvalidCrl(format!("the CRL does not parse: {e}")))?;
+    if !rest.is_empty() {
+        return Err(PkiError::InvalidCrl("the CRL has trailing bytes".into()));
+    }
+    let crl_number = crl.crl_number().and_then(|n| {
+        let bytes = n.to_bytes_be();
+        (bytes.len() <= 8).then(|| bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    });
+    let serials = crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial_as_string().replace(':', ""))
+        .collect();
+    Ok(CrlInfo { crl_number, serials })
+}
+
 fn crl_time(t: OffsetDateTime, what: &str) -> Result<OffsetDateTime, PkiError> {
     certificate_time(t, what).map_err(|e| PkiError::InvalidCrl(e.to_string()))
 }
@@ -266,6 +301,25 @@ mod tests {
         };
         let (der, _) = parse_crl(&ca.sign_crl(&first).unwrap());
         assert_eq!(crl_of(&der).crl_number(), Some(&BigUint::from(0u32)));
+    }
+
+    #[test]
+    fn a_signed_crl_reads_back_and_a_damaged_one_is_an_error() {
+        let ca = root();
+        let leaf = ca.issue_leaf(&leaf_request(), NOW).unwrap();
+        let entry = CrlEntry {
+            serial_hex: leaf.serial_hex.clone(),
+            revoked_at: NOW,
+            reason: RevocationReason::Superseded,
+        };
+        let pem_text = ca.sign_crl(&request(vec![entry])).unwrap();
+        let info = inspect_crl_pem(&pem_text).unwrap();
+        assert_eq!(info.crl_number, Some(42));
+        assert_eq!(info.serials, [leaf.serial_hex]);
+        let truncated = &pem_text[..pem_text.len() / 2];
+        assert!(inspect_crl_pem(truncated).is_err());
+        assert!(inspect_crl_pem("not a CRL at all").is_err());
+        assert!(inspect_crl_pem(&ca.bundle_pem()).is_err(), "a certificate is not a CRL");
     }
 
     #[test]

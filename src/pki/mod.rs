@@ -32,7 +32,7 @@ mod util;
 mod test_support;
 
 pub use ca::CertificateAuthority;
-pub use crl::{CrlEntry, CrlRequest, RevocationReason};
+pub use crl::{CrlEntry, CrlInfo, CrlRequest, RevocationReason, inspect_crl_pem};
 pub use error::{CaError, PkiError};
 pub use leaf::{IssuedLeaf, LeafInfo, LeafRequest, inspect_leaf_pem, verify_signed_by};
 pub use scope::{
@@ -42,3 +42,10 @@ pub use scope::{
 pub use secret::PrivateKeyPem;
 pub use serving::ServingRequest;
 pub use time::OffsetDateTime;
+
+/// The signing CA as every part of the operator sees it: usable, or not and why.
+#[derive(Clone)]
+pub enum CaState {
+    Ready(std::sync::Arc<CertificateAuthority>),
+    Unavailable { reason: &'static str, message: String },
+}

@@ -17,7 +17,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use crate::{api::UserInfo, controller::FINALIZER};
+use crate::api::{UserInfo, names::FINALIZER};
 
 /// Which field records the creator, per kind.
 fn recorded_field(kind: &str) -> Option<&'static str> {

@@ -31,10 +31,7 @@ use tracing::{debug, info, warn};
 
 pub use registration::{Registration, Target};
 
-use crate::{
-    controller::ca::CaState,
-    pki::{CertificateAuthority, OffsetDateTime, ServingRequest},
-};
+use crate::pki::{CaState, CertificateAuthority, OffsetDateTime, ServingRequest};
 
 /// How the webhook is served and registered.
 #[derive(Clone, Debug)]

@@ -29,8 +29,8 @@ use kube::{
 use serde_json::{Value, json};
 
 use crate::{
+    api::names::{FINALIZER, MANAGER},
     cli::MutationMode,
-    controller::{FINALIZER, MANAGER},
 };
 
 /// Where the API server reaches the webhook.

@@ -1,0 +1,229 @@
+//! The revocation record on the real control plane: revocation that no requester can
+//! lose (a stripped finalizer), no corruption can undo (a damaged or deleted CRL
+//! ConfigMap), and no missing CA can hold up (threats 36 to 38).
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use mandate::api::{CertificateRecord, GrantPhase, RevocationCause, ToolGrant};
+use serde_json::json;
+
+use crate::{
+    grants::{Fixture, crl_of, github},
+    support::{
+        kubelet::{self, Outcome},
+        wait::wait_deleted,
+        wait_for,
+    },
+};
+
+/// The grant's `Ready` condition reason, if it has one.
+fn ready_reason(g: &ToolGrant) -> Option<String> {
+    g.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.reason.clone())
+}
+
+/// Waits until the record of `serial` is revoked, and returns why.
+async fn wait_record_revoked(f: &Fixture, serial: &str) -> RevocationCause {
+    let records: Api<CertificateRecord> = f.ns.api();
+    let r = wait_for(&records, serial, "revoked in the record", |r: &CertificateRecord| {
+        r.spec.revocation.is_some()
+    })
+    .await;
+    r.spec.revocation.expect("revoked").reason
+}
+
+fn job_task(name: &str) -> (&str, &str, &str) {
+    ("batch/v1", "Job", name)
+}
+
+/// Removes every finalizer of grant `name` (as a user allowed to edit grants may) and
+/// deletes it.
+async fn strip_and_delete(grants: &Api<ToolGrant>, name: &str) {
+    grants
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+        )
+        .await
+        .expect("finalizers removed");
+    grants
+        .delete(name, &DeleteParams::default())
+        .await
+        .expect("grant deleted");
+    wait_deleted(grants, name, "gone without its finalizer").await;
+}
+
+#[tokio::test]
+async fn threat_37_a_grant_whose_finalizer_is_stripped_while_the_operator_runs_is_revoked_anyway() {
+    let f = Fixture::new("strip-live").await;
+    f.identity("triage").await;
+    f.job("work", None).await;
+    f.grant("g", "triage", job_task("work"), github(), None).await;
+    let serial = f.issued_serial("g").await;
+    let records: Api<CertificateRecord> = f.ns.api();
+    let record = records.get(&serial).await.expect("a record was written at issuance");
+    assert!(record.spec.revocation.is_none());
+    assert!(record.finalizers().iter().any(|x| x == "mandate.dev/until-expiry"));
+
+    strip_and_delete(&f.grants, "g").await;
+    assert_eq!(wait_record_revoked(&f, &serial).await, RevocationCause::GrantVanished);
+    f.wait_revoked_in_crl(&serial).await;
+    f.ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn threat_37_a_grant_whose_finalizer_is_stripped_while_the_operator_is_down_is_revoked_at_start() {
+    let mut f = Fixture::new("strip-down").await;
+    f.identity("triage").await;
+    f.job("work", None).await;
+    f.job("other", None).await;
+    f.grant("g", "triage", job_task("work"), github(), None).await;
+    f.grant("keep", "triage", job_task("other"), github(), None).await;
+    let serial = f.issued_serial("g").await;
+    let kept = f.issued_serial("keep").await;
+
+    f.op.kill().await;
+    strip_and_delete(&f.grants, "g").await;
+    // The same name again, another object: the old serial is still the old grant's.
+    f.grant("g", "triage", job_task("work"), github(), None).await;
+    f.op.restart(&f.ns.name).await;
+
+    assert_eq!(wait_record_revoked(&f, &serial).await, RevocationCause::GrantVanished);
+    f.wait_revoked_in_crl(&serial).await;
+    let again = f.issued_serial("g").await;
+    assert_ne!(again, serial);
+    let (_, listed) = f.crl().await;
+    assert!(!listed.contains(&kept), "a live grant's serial was revoked");
+    assert!(!listed.contains(&again), "the new grant's serial was revoked");
+    f.ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn threat_36_a_corrupted_or_deleted_crl_stops_issuance_and_drops_no_serial() {
+    let f = Fixture::new("crl-corrupt").await;
+    f.identity("triage").await;
+    for job in ["a", "b", "c"] {
+        f.job(job, None).await;
+    }
+    f.grant("a", "triage", job_task("a"), github(), None).await;
+    f.grant("b", "triage", job_task("b"), github(), None).await;
+    let serial_a = f.issued_serial("a").await;
+    let serial_b = f.issued_serial("b").await;
+    kubelet::finish_job_pod(&f.pods, "a", Outcome::Succeeded).await;
+    f.wait_phase("a", GrantPhase::Revoked).await;
+    f.wait_revoked_in_crl(&serial_a).await;
+    let (number_before, _) = f.crl().await;
+    let cms: Api<ConfigMap> = f.ns.api();
+    let backup = cms.get("mandate-crl").await.unwrap();
+
+    // One bad byte in the CRL number: issuance stops, the ConfigMap is left as it is.
+    cms.patch(
+        "mandate-crl",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "data": { "crlNumber": format!("{number_before}x") } })),
+    )
+    .await
+    .unwrap();
+    f.grant("c", "triage", job_task("c"), github(), None).await;
+    let c = wait_for(&f.grants, "c", "held: CrlUnreadable", |g: &ToolGrant| {
+        ready_reason(g).as_deref() == Some("CrlUnreadable")
+    })
+    .await;
+    assert_eq!(c.status.unwrap().phase, Some(GrantPhase::Pending));
+    assert!(
+        f.secrets.get_opt("c").await.unwrap().is_none(),
+        "issued with an unreadable CRL"
+    );
+
+    // Withdrawal goes on: b's task ends, its Secret goes and its record says revoked.
+    kubelet::finish_job_pod(&f.pods, "b", Outcome::Failed).await;
+    f.wait_phase("b", GrantPhase::Revoked).await;
+    wait_deleted(&f.secrets, "b", "withdrawn while the CRL is unreadable").await;
+    assert_eq!(wait_record_revoked(&f, &serial_b).await, RevocationCause::TaskFailed);
+    let cm = cms.get("mandate-crl").await.unwrap();
+    assert_eq!(
+        cm.data.unwrap()["crlNumber"],
+        format!("{number_before}x"),
+        "an unreadable CRL ConfigMap was overwritten"
+    );
+
+    // Deleted: still nothing is issued and nothing is re-created from nothing.
+    cms.delete("mandate-crl", &DeleteParams::default()).await.unwrap();
+    wait_for(&f.grants, "c", "held: CrlMissing", |g: &ToolGrant| {
+        ready_reason(g).as_deref() == Some("CrlMissing")
+    })
+    .await;
+    assert!(
+        cms.get_opt("mandate-crl").await.unwrap().is_none(),
+        "re-created from nothing"
+    );
+
+    // An operator resets it deliberately (an empty ConfigMap): the CRL is rebuilt from
+    // the record, lists both earlier serials, its number is higher, and issuance resumes.
+    let empty: ConfigMap = serde_json::from_value(json!({ "metadata": { "name": "mandate-crl" } })).unwrap();
+    cms.create(&PostParams::default(), &empty).await.unwrap();
+    let (sa, sb) = (serial_a.clone(), serial_b.clone());
+    let cm = wait_for(&cms, "mandate-crl", "rebuilt from the record", move |cm: &ConfigMap| {
+        crl_of(cm).is_some_and(|(_, s)| s.contains(&sa) && s.contains(&sb))
+    })
+    .await;
+    let (number_after, _) = crl_of(&cm).unwrap();
+    assert!(
+        number_after > number_before,
+        "the CRL number went back: {number_after} <= {number_before}"
+    );
+    f.issued_serial("c").await;
+
+    // A restored old backup (a lower number, an older list) is replaced at once by a
+    // CRL from the record, numbered above everything published before.
+    let mut restored = cm.clone();
+    restored.data = backup.data.clone();
+    cms.replace("mandate-crl", &PostParams::default(), &restored)
+        .await
+        .unwrap();
+    let (sa, sb) = (serial_a.clone(), serial_b.clone());
+    wait_for(
+        &cms,
+        "mandate-crl",
+        "re-signed over the old backup",
+        move |cm: &ConfigMap| crl_of(cm).is_some_and(|(n, s)| n > number_after && s.contains(&sa) && s.contains(&sb)),
+    )
+    .await;
+    f.ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn threat_38_with_no_ca_a_finished_tasks_secret_is_withdrawn_and_listed_once_a_ca_is_back() {
+    let f = Fixture::new("no-ca-revoke").await;
+    f.identity("triage").await;
+    f.job("work", None).await;
+    f.grant("g", "triage", job_task("work"), github(), None).await;
+    let serial = f.issued_serial("g").await;
+    let ca: Secret = f.secrets.get("mandate-ca").await.unwrap();
+
+    f.secrets.delete("mandate-ca", &DeleteParams::default()).await.unwrap();
+    wait_deleted(&f.secrets, "mandate-ca", "deleted by the test").await;
+    kubelet::finish_job_pod(&f.pods, "work", Outcome::Succeeded).await;
+    let g = f.wait_phase("g", GrantPhase::Revoked).await;
+    assert_eq!(g.status.unwrap().revocation.unwrap().reason, "TaskCompleted");
+    wait_deleted(&f.secrets, "g", "withdrawn without a CA").await;
+    assert_eq!(wait_record_revoked(&f, &serial).await, RevocationCause::TaskCompleted);
+    let (_, listed) = f.crl().await;
+    assert!(!listed.contains(&serial), "listed by a CRL nobody could sign");
+
+    // The CA comes back: the CRL signed with it lists the serial.
+    let mut restored = ca.clone();
+    restored.metadata = Default::default();
+    restored.metadata.name = Some("mandate-ca".into());
+    f.secrets.create(&PostParams::default(), &restored).await.unwrap();
+    f.wait_revoked_in_crl(&serial).await;
+    f.ns.cleanup().await;
+}

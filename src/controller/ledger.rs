@@ -1,0 +1,841 @@
+//! The revocation record (one CertificateRecord per signed serial) and the CRL built
+//! from it (ConfigMap `mandate-crl`).
+//!
+//! The record is the truth; the CRL is derived from it:
+//! - a serial is recorded ([`Ledger::record_issued`]) before its certificate is written
+//!   anywhere, so a crash at any later step leaves it findable;
+//! - it is marked revoked ([`Ledger::revoke`]) before its Secret is deleted. The
+//!   CRD's own CEL rules make that mark permanent, and a finalizer keeps the record
+//!   until its certificate has expired, so nothing un-revokes (threat 36);
+//! - the CRL lists every revoked, unexpired record. It is re-signed after each batch
+//!   of revocations and at half its validity. A revocation waits for the CRL that lists
+//!   it, unless the CRL cannot be signed right now (no usable CA, an unreadable CRL
+//!   ConfigMap): then the record alone has made it durable, the Secret is withdrawn
+//!   anyway, and the CRL catches up once it can be signed (threat 38).
+//!
+//! The CRL ConfigMap is read strictly: a `crlNumber` or `crl.pem` that does not parse,
+//! or a missing ConfigMap while records exist, stops issuance and is never overwritten
+//! (an operator restores it, or deliberately resets it by creating it empty). The CRL
+//! number is the signing time in milliseconds, or one more than the highest number
+//! seen if that is larger, so it never goes backwards, not even across a reset.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::core::v1::ConfigMap,
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    api::{
+        CertificateRecord, CertificateRecordSpec, RecordedGrant, RecordedRevocation, RecordedTask, RevocationCause,
+        names::{
+            CRL_KEY, CRL_NUMBER_KEY, LABEL_GRANT, LABEL_GRANT_NAMESPACE, LABEL_GRANT_UID, MANAGED_BY, MANAGER,
+            RECORD_FINALIZER,
+        },
+    },
+    pki::{CaState, CrlEntry, CrlRequest, OffsetDateTime, RevocationReason, inspect_crl_pem},
+    state::{
+        ready::Ready,
+        records::{RecordFacts, RecordIndex},
+    },
+};
+
+/// The key an earlier version kept its ledger under; read once to migrate it.
+const LEGACY_LEDGER_KEY: &str = "revoked.json";
+/// Most revocations folded into one CRL write; bounds the time one write takes.
+const MAX_BATCH: usize = 1000;
+/// A ConfigMap holds at most 1 MiB in all; leave room for the rest of the object.
+const MAX_CRL_BYTES: usize = 1024 * 1024 - 16 * 1024;
+/// Retries of a failed CRL write back off from this to [`RETRY_MAX`].
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Why the CRL could not be published; each variant names the failed step.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("failed to create CertificateRecord {serial}: {source}")]
+    CreateRecord {
+        serial: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("CertificateRecord {serial} already exists and describes another certificate")]
+    RecordConflict { serial: String },
+    #[error("failed to mark CertificateRecord {serial} revoked: {source}")]
+    MarkRevoked {
+        serial: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the CA is unavailable ({reason}): {message}")]
+    CaUnavailable { reason: &'static str, message: String },
+    #[error("failed to read ConfigMap {name}: {source}")]
+    ReadCrl {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "ConfigMap {name} cannot be read ({detail}); nothing is issued until it is fixed: restore it from a backup, \
+         or replace it with an empty ConfigMap of that name to rebuild the CRL from the CertificateRecords"
+    )]
+    CrlUnreadable { name: String, detail: String },
+    #[error(
+        "ConfigMap {name} is missing while {records} CertificateRecords exist; nothing is issued until it is back: \
+         restore it from a backup, or create an empty ConfigMap of that name to rebuild the CRL from the records"
+    )]
+    CrlMissing { name: String, records: usize },
+    #[error("the CRL would hold {bytes} bytes, more than a ConfigMap can ({max})")]
+    CrlTooLarge { bytes: usize, max: usize },
+    #[error("failed to sign the CRL: {0}")]
+    Sign(#[source] crate::pki::PkiError),
+    #[error("failed to write ConfigMap {name}: {source}")]
+    WriteCrl {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("ConfigMap {name} changed under every one of {attempts} writes")]
+    Conflicts { name: String, attempts: usize },
+    #[error("the revocation ledger stopped")]
+    Stopped,
+}
+
+impl LedgerError {
+    /// CamelCase reason for conditions, Events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LedgerError::CreateRecord { .. } => "RecordCertificateFailed",
+            LedgerError::RecordConflict { .. } => "CertificateRecordConflict",
+            LedgerError::MarkRevoked { .. } => "RecordRevocationFailed",
+            LedgerError::CaUnavailable { reason, .. } => reason,
+            LedgerError::ReadCrl { .. } => "ReadCrlFailed",
+            LedgerError::CrlUnreadable { .. } => "CrlUnreadable",
+            LedgerError::CrlMissing { .. } => "CrlMissing",
+            LedgerError::CrlTooLarge { .. } => "CrlTooLarge",
+            LedgerError::Sign(_) => "SignCrlFailed",
+            LedgerError::WriteCrl { .. } => "WriteCrlFailed",
+            LedgerError::Conflicts { .. } => "WriteCrlFailed",
+            LedgerError::Stopped => "LedgerStopped",
+        }
+    }
+
+    /// Whether issuance must stop while this lasts: the CRL ConfigMap is unusable and
+    /// a certificate issued now could not be revoked where relying parties look.
+    fn stops_issuance(&self) -> bool {
+        matches!(
+            self,
+            LedgerError::CrlUnreadable { .. } | LedgerError::CrlMissing { .. } | LedgerError::CrlTooLarge { .. }
+        )
+    }
+}
+
+/// Whether the CRL can take new revocations, as issuance sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// The records and the CRL ConfigMap have not been read yet.
+    Loading,
+    Ready,
+    /// The CRL ConfigMap is unusable: issue nothing.
+    Unavailable {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// Where a revocation stands once [`Ledger::revoke`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// In the signed CRL with this number.
+    Listed { crl_number: u64 },
+    /// Recorded (durable, final) but not in a signed CRL yet: the CRL will list it as
+    /// soon as it can be signed.
+    Deferred { reason: &'static str, message: String },
+}
+
+/// What a CRL write replies to each revocation in it.
+type WriteResult = Result<u64, (&'static str, String)>;
+
+struct Request {
+    /// Serials the request's caller has just marked revoked (their records may not be
+    /// in the index yet).
+    revoked: Vec<RecordFacts>,
+    done: oneshot::Sender<WriteResult>,
+}
+
+/// Handle to the revocation record and the CRL writer.
+#[derive(Clone)]
+pub struct Ledger {
+    records_api: Api<CertificateRecord>,
+    records: RecordIndex,
+    tx: mpsc::Sender<Request>,
+    health: watch::Receiver<Health>,
+}
+
+/// Configuration of the ledger.
+pub struct LedgerConfig {
+    pub client: Client,
+    /// The CA's namespace: the records and the CRL ConfigMap live there.
+    pub namespace: String,
+    pub crl_name: String,
+    pub validity: Duration,
+    pub ca: watch::Receiver<CaState>,
+    pub records: RecordIndex,
+    pub records_ready: Ready,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+/// Starts the CRL writer and returns the handle.
+pub fn spawn(cfg: LedgerConfig) -> Ledger {
+    let (tx, rx) = mpsc::channel(4096);
+    let (health_tx, health) = watch::channel(Health::Loading);
+    let ledger = Ledger {
+        records_api: Api::namespaced(cfg.client.clone(), &cfg.namespace),
+        records: cfg.records.clone(),
+        tx,
+        health,
+    };
+    tokio::spawn(run(cfg, rx, health_tx));
+    ledger
+}
+
+/// The record of a certificate about to be issued, or (with `revocation`) one being revoked.
+pub fn new_record(spec: CertificateRecordSpec) -> CertificateRecord {
+    let mut r = CertificateRecord::new(&spec.serial_number.clone(), spec);
+    r.metadata.finalizers = Some(vec![RECORD_FINALIZER.to_string()]);
+    r.metadata.labels = Some(
+        [
+            (LABEL_GRANT.to_string(), r.spec.grant.name.clone()),
+            (LABEL_GRANT_NAMESPACE.to_string(), r.spec.grant.namespace.clone()),
+            (LABEL_GRANT_UID.to_string(), r.spec.grant.uid.clone()),
+            ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
+        ]
+        .into(),
+    );
+    r
+}
+
+impl Ledger {
+    /// The ledger's current health, for issuance.
+    pub fn health(&self) -> Health {
+        self.health.borrow().clone()
+    }
+
+    /// A receiver of health changes (every change re-checks every grant).
+    pub fn health_changes(&self) -> watch::Receiver<Health> {
+        self.health.clone()
+    }
+
+    /// The in-memory record.
+    pub fn records(&self) -> &RecordIndex {
+        &self.records
+    }
+
+    /// Records a certificate before it is written anywhere.
+    pub async fn record_issued(&self, spec: CertificateRecordSpec) -> Result<(), LedgerError> {
+        let serial = spec.serial_number.clone();
+        let record = new_record(spec);
+        let pp = PostParams {
+            field_manager: Some(format!("{MANAGER}/ledger")),
+            ..Default::default()
+        };
+        match self.records_api.create(&pp, &record).await {
+            Ok(written) => {
+                self.records.wrote(&written);
+                Ok(())
+            }
+            // A retry of a create that landed: the same certificate, nothing to do.
+            Err(kube::Error::Api(e)) if e.code == 409 => match self.records_api.get_opt(&serial).await {
+                Ok(Some(existing)) if existing.spec == record.spec => Ok(()),
+                Ok(_) => Err(LedgerError::RecordConflict { serial }),
+                Err(source) => Err(LedgerError::CreateRecord { serial, source }),
+            },
+            Err(source) => Err(LedgerError::CreateRecord { serial, source }),
+        }
+    }
+
+    /// Marks each record revoked (creating the ones that do not exist, such as serials
+    /// issued before records existed), then waits for the CRL listing them, unless the
+    /// CRL cannot be signed now. Once this returns `Ok`, the revocations are durable.
+    pub async fn revoke(&self, specs: Vec<CertificateRecordSpec>) -> Result<Published, LedgerError> {
+        if specs.is_empty() {
+            return Ok(Published::Listed { crl_number: 0 });
+        }
+        let mut facts = Vec::with_capacity(specs.len());
+        for spec in specs {
+            facts.push(self.mark_revoked(spec).await?);
+        }
+        let (done, rx) = oneshot::channel();
+        let stopped = || Published::Deferred {
+            reason: "LedgerStopped",
+            message: "the CRL writer has stopped".into(),
+        };
+        if self.tx.send(Request { revoked: facts, done }).await.is_err() {
+            return Ok(stopped());
+        }
+        Ok(match rx.await {
+            Ok(Ok(crl_number)) => Published::Listed { crl_number },
+            Ok(Err((reason, message))) => Published::Deferred { reason, message },
+            Err(_) => stopped(),
+        })
+    }
+
+    async fn mark_revoked(&self, spec: CertificateRecordSpec) -> Result<RecordFacts, LedgerError> {
+        let serial = spec.serial_number.clone();
+        if let Some(f) = self.records.get(&serial)
+            && f.revoked.is_some()
+        {
+            return Ok(f);
+        }
+        let revocation = spec.revocation.clone().expect("a revocation to record");
+        let patch = serde_json::json!({ "spec": { "revocation": revocation } });
+        let pp = PatchParams {
+            field_manager: Some(format!("{MANAGER}/ledger")),
+            ..Default::default()
+        };
+        match self.records_api.patch(&serial, &pp, &Patch::Merge(&patch)).await {
+            Ok(written) => {
+                self.records.wrote(&written);
+                Ok(RecordFacts::of(&written))
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                let record = new_record(spec);
+                let pp = PostParams {
+                    field_manager: Some(format!("{MANAGER}/ledger")),
+                    ..Default::default()
+                };
+                match self.records_api.create(&pp, &record).await {
+                    Ok(written) => {
+                        self.records.wrote(&written);
+                        Ok(RecordFacts::of(&written))
+                    }
+                    Err(source) => Err(LedgerError::MarkRevoked { serial, source }),
+                }
+            }
+            // The API server refused to change an existing revocation: someone (another
+            // reconcile, the sweeper) revoked it first. It is revoked either way.
+            Err(kube::Error::Api(e)) if e.code == 422 => match self.records_api.get(&serial).await {
+                Ok(r) if r.spec.revocation.is_some() => {
+                    self.records.wrote(&r);
+                    Ok(RecordFacts::of(&r))
+                }
+                Ok(_) => Err(LedgerError::MarkRevoked {
+                    serial,
+                    source: kube::Error::Api(e),
+                }),
+                Err(source) => Err(LedgerError::MarkRevoked { serial, source }),
+            },
+            Err(source) => Err(LedgerError::MarkRevoked { serial, source }),
+        }
+    }
+}
+
+/// A revocation's record spec: what is known of the certificate, plus when and why.
+pub fn revocation(
+    serial: &str,
+    not_after: Timestamp,
+    grant: RecordedGrant,
+    task: RecordedTask,
+    identity: &str,
+    cause: RevocationCause,
+    now: Timestamp,
+) -> CertificateRecordSpec {
+    CertificateRecordSpec {
+        serial_number: serial.to_string(),
+        not_after: Time(not_after),
+        grant,
+        task,
+        identity: identity.to_string(),
+        revocation: Some(RecordedRevocation {
+            time: Time(now),
+            reason: cause,
+        }),
+    }
+}
+
+fn rfc5280_reason(cause: RevocationCause) -> RevocationReason {
+    match cause {
+        RevocationCause::ScopeChanged | RevocationCause::SecretLost => RevocationReason::Superseded,
+        RevocationCause::IdentitySuspended | RevocationCause::IdentityDeleted | RevocationCause::Withdrawn => {
+            RevocationReason::PrivilegeWithdrawn
+        }
+        RevocationCause::TaskCompleted
+        | RevocationCause::TaskFailed
+        | RevocationCause::TaskDeleted
+        | RevocationCause::TaskDeadlineExceeded
+        | RevocationCause::GrantDeleted
+        | RevocationCause::GrantVanished
+        | RevocationCause::MaxLifetimeReached => RevocationReason::CessationOfOperation,
+    }
+}
+
+fn to_offset(t: Timestamp) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(t.as_second()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// The CRL ConfigMap as read, checked.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// The last CRL number; `None` for a ConfigMap created empty (a deliberate reset).
+    pub number: Option<u64>,
+    /// Entries of an earlier version's ledger still to be turned into records.
+    pub legacy: Vec<LegacyEntry>,
+}
+
+/// One entry of an earlier version's `revoked.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LegacyEntry {
+    pub serial: String,
+    pub not_after: Timestamp,
+    pub revoked_at: Timestamp,
+    #[serde(default)]
+    pub grant: String,
+}
+
+/// Reads the CRL ConfigMap's data strictly: anything present must parse, and the CRL's
+/// own number must agree with `crlNumber`. An empty ConfigMap is a deliberate reset.
+pub fn parse_stored(data: &BTreeMap<String, String>) -> Result<Stored, String> {
+    if data.is_empty() {
+        return Ok(Stored::default());
+    }
+    let number = data
+        .get(CRL_NUMBER_KEY)
+        .ok_or_else(|| format!("{CRL_NUMBER_KEY} is missing"))?;
+    let number: u64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{CRL_NUMBER_KEY} {number:?} is not a number"))?;
+    let pem = data.get(CRL_KEY).ok_or_else(|| format!("{CRL_KEY} is missing"))?;
+    let info = inspect_crl_pem(pem).map_err(|e| format!("{CRL_KEY}: {e}"))?;
+    if info.crl_number != Some(number) {
+        return Err(format!(
+            "{CRL_KEY} carries CRL number {:?} but {CRL_NUMBER_KEY} says {number}",
+            info.crl_number
+        ));
+    }
+    let legacy = match data.get(LEGACY_LEDGER_KEY) {
+        None => vec![],
+        Some(text) => serde_json::from_str(text).map_err(|e| format!("{LEGACY_LEDGER_KEY} does not parse: {e}"))?,
+    };
+    Ok(Stored {
+        number: Some(number),
+        legacy,
+    })
+}
+
+/// The next CRL number: the signing time in milliseconds, or one more than the highest
+/// number seen (stored or written by this process) if that is larger.
+pub fn next_number(stored: Option<u64>, highest_seen: u64, now: Timestamp) -> u64 {
+    let floor = u64::try_from(now.as_millisecond()).unwrap_or(0);
+    stored.unwrap_or(0).max(highest_seen).saturating_add(1).max(floor)
+}
+
+/// The CRL's entries: every revoked, unexpired serial, once, in serial order.
+pub fn crl_entries(from_index: Vec<RecordFacts>, extra: &[RecordFacts], now: Timestamp) -> Vec<CrlEntry> {
+    let mut by_serial: BTreeMap<String, RecordFacts> = BTreeMap::new();
+    for f in from_index.into_iter().chain(extra.iter().cloned()) {
+        if f.revoked.is_some() && f.not_after > now {
+            by_serial.entry(f.serial.clone()).or_insert(f);
+        }
+    }
+    by_serial
+        .into_values()
+        .map(|f| {
+            let (at, cause) = f.revoked.expect("filtered on revoked");
+            CrlEntry {
+                serial_hex: f.serial,
+                revoked_at: to_offset(at),
+                reason: rfc5280_reason(cause),
+            }
+        })
+        .collect()
+}
+
+struct Writer {
+    api: Api<ConfigMap>,
+    /// resourceVersions of our own latest writes, to tell their watch events apart.
+    ours: std::collections::VecDeque<String>,
+    records_api: Api<CertificateRecord>,
+    cfg: LedgerConfig,
+    /// The ConfigMap as our last write left it; its resourceVersion guards the next
+    /// write, so anyone else's write in between conflicts and is read fresh.
+    last: Option<ConfigMap>,
+    highest: u64,
+}
+
+async fn run(cfg: LedgerConfig, mut rx: mpsc::Receiver<Request>, health: watch::Sender<Health>) {
+    // Never sign before the whole record is in memory: a CRL signed from half a list
+    // would drop serials revoked earlier.
+    if !cfg.records_ready.wait().await {
+        return;
+    }
+    let mut ca = cfg.ca.clone();
+    // The CRL ConfigMap is watched: a change by anyone else (a corruption, a restored
+    // backup, a deletion) is checked at once, so issuance stops the moment it becomes
+    // unusable, and resumes (with a CRL re-signed from the record) once it is fixed.
+    let crl_watch = watcher(
+        Api::<ConfigMap>::namespaced(cfg.client.clone(), &cfg.namespace),
+        watcher::Config::default().fields(&format!("metadata.name={}", cfg.crl_name)),
+    )
+    .default_backoff();
+    let mut crl_watch = std::pin::pin!(crl_watch);
+    let mut w = Writer {
+        api: Api::namespaced(cfg.client.clone(), &cfg.namespace),
+        ours: Default::default(),
+        records_api: Api::namespaced(cfg.client.clone(), &cfg.namespace),
+        cfg,
+        last: None,
+        highest: 0,
+    };
+    let mut refresh = tokio::time::interval(w.cfg.validity / 2);
+    let mut retry: Option<Duration> = None;
+    loop {
+        let mut batch: Vec<Request> = vec![];
+        let backoff = tokio::time::sleep(retry.unwrap_or(Duration::from_secs(3600)));
+        tokio::select! {
+            req = rx.recv() => match req {
+                Some(r) => batch.push(r),
+                None => return,
+            },
+            _ = refresh.tick() => {}
+            // A CA that comes back (or changes) signs what waited for it at once.
+            changed = ca.changed() => if changed.is_err() { return },
+            () = backoff, if retry.is_some() => {}
+            event = crl_watch.next() => match event {
+                Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
+                    if cm.resource_version().is_some_and(|rv| w.ours.contains(&rv)) {
+                        continue;
+                    }
+                    // Someone else's version: read it fresh and write over it (or stop).
+                    w.last = None;
+                }
+                Some(Ok(watcher::Event::Delete(_))) => w.last = None,
+                Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => continue,
+                Some(Err(e)) => {
+                    warn!(error = %e, "watch of the CRL ConfigMap failed; retrying");
+                    continue;
+                }
+                None => return,
+            },
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let extra: Vec<RecordFacts> = batch.iter().flat_map(|r| r.revoked.iter().cloned()).collect();
+        let result = w.write(&extra).await;
+        let reply: WriteResult = match &result {
+            Ok(n) => {
+                retry = None;
+                health.send_if_modified(|h| std::mem::replace(h, Health::Ready) != Health::Ready);
+                Ok(*n)
+            }
+            Err(e) => {
+                let next = retry.map(|d| (d * 2).min(RETRY_MAX)).unwrap_or(RETRY_MIN);
+                // An unusable ConfigMap is not retried on a timer: its next change (the
+                // fix) is watched, and every revocation in between tries again.
+                retry = (!e.stops_issuance()).then_some(next);
+                w.cfg.metrics.crl_publish_failed(e.reason());
+                let state = if e.stops_issuance() {
+                    error!(error = %e, reason = e.reason(), "the CRL cannot be published; nothing is issued until it is fixed");
+                    Health::Unavailable {
+                        reason: e.reason(),
+                        message: e.to_string(),
+                    }
+                } else {
+                    warn!(error = %e, reason = e.reason(), retry_in = ?next, "failed to publish the CRL; revocations are recorded and will be listed");
+                    Health::Ready
+                };
+                health.send_if_modified(|h| std::mem::replace(h, state.clone()) != state);
+                Err((e.reason(), e.to_string()))
+            }
+        };
+        for r in batch {
+            let _ = r.done.send(reply.clone());
+        }
+    }
+}
+
+impl Writer {
+    /// Reads (or starts from our last write), checks, signs and writes, retrying on
+    /// write conflicts. Returns the number of the CRL written.
+    async fn write(&mut self, extra: &[RecordFacts]) -> Result<u64, LedgerError> {
+        const ATTEMPTS: usize = 10;
+        let name = self.cfg.crl_name.clone();
+        for _ in 0..ATTEMPTS {
+            let ca = match self.cfg.ca.borrow().clone() {
+                CaState::Ready(ca) => ca,
+                CaState::Unavailable { reason, message } => return Err(LedgerError::CaUnavailable { reason, message }),
+            };
+            let current = match self.last.take() {
+                Some(ours) => Some(ours),
+                None => self.api.get_opt(&name).await.map_err(|source| LedgerError::ReadCrl {
+                    name: name.clone(),
+                    source,
+                })?,
+            };
+            let stored = match &current {
+                Some(cm) => {
+                    parse_stored(&cm.data.clone().unwrap_or_default()).map_err(|detail| LedgerError::CrlUnreadable {
+                        name: name.clone(),
+                        detail,
+                    })?
+                }
+                None if !self.cfg.records.is_empty() => {
+                    return Err(LedgerError::CrlMissing {
+                        name: name.clone(),
+                        records: self.cfg.records.len(),
+                    });
+                }
+                None => Stored::default(),
+            };
+            if !stored.legacy.is_empty() {
+                self.migrate(&stored.legacy).await?;
+            }
+            let now = Timestamp::now();
+            let number = next_number(stored.number, self.highest, now);
+            let entries = crl_entries(self.cfg.records.revoked_unexpired(now), extra, now);
+            let count = entries.len();
+            let next_update = now + SignedDuration::try_from(self.cfg.validity).unwrap_or_default();
+            let pem = ca
+                .sign_crl(&CrlRequest {
+                    crl_number: number,
+                    this_update: to_offset(now),
+                    next_update: to_offset(next_update),
+                    entries,
+                })
+                .map_err(LedgerError::Sign)?;
+            if pem.len() > MAX_CRL_BYTES {
+                return Err(LedgerError::CrlTooLarge {
+                    bytes: pem.len(),
+                    max: MAX_CRL_BYTES,
+                });
+            }
+            let cm = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(self.cfg.namespace.clone()),
+                    resource_version: current.as_ref().and_then(|c| c.resource_version()),
+                    labels: Some([("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string())].into()),
+                    ..Default::default()
+                },
+                data: Some(
+                    [
+                        (CRL_KEY.to_string(), pem),
+                        (CRL_NUMBER_KEY.to_string(), number.to_string()),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            };
+            let res = match current {
+                Some(_) => self.api.replace(&name, &PostParams::default(), &cm).await,
+                None => self.api.create(&PostParams::default(), &cm).await,
+            };
+            match res {
+                Ok(written) => {
+                    if let Some(rv) = written.resource_version() {
+                        if self.ours.len() >= 16 {
+                            self.ours.pop_front();
+                        }
+                        self.ours.push_back(rv);
+                    }
+                    self.last = Some(written);
+                    self.highest = number;
+                    if extra.is_empty() {
+                        debug!(crl_number = number, entries = count, "CRL re-signed");
+                    } else {
+                        info!(
+                            crl_number = number,
+                            added = extra.len(),
+                            entries = count,
+                            "CRL published"
+                        );
+                    }
+                    return Ok(number);
+                }
+                // Someone else wrote in between: read again and check again.
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(source) => return Err(LedgerError::WriteCrl { name, source }),
+            }
+        }
+        Err(LedgerError::Conflicts {
+            name,
+            attempts: ATTEMPTS,
+        })
+    }
+
+    /// Turns an earlier version's ledger entries into revoked records, so upgrading
+    /// drops nothing from the CRL.
+    async fn migrate(&self, legacy: &[LegacyEntry]) -> Result<(), LedgerError> {
+        let now = Timestamp::now();
+        for e in legacy.iter().filter(|e| e.not_after > now) {
+            if self.cfg.records.get(&e.serial).is_some_and(|f| f.revoked.is_some()) {
+                continue;
+            }
+            let (ns, grant) = e.grant.split_once('/').unwrap_or(("", e.grant.as_str()));
+            let spec = revocation(
+                &e.serial,
+                e.not_after,
+                RecordedGrant {
+                    namespace: ns.into(),
+                    name: grant.into(),
+                    uid: String::new(),
+                    generation: 0,
+                },
+                RecordedTask {
+                    api_version: String::new(),
+                    kind: String::new(),
+                    name: String::new(),
+                    uid: String::new(),
+                },
+                "",
+                RevocationCause::TaskCompleted,
+                e.revoked_at,
+            );
+            let record = new_record(spec);
+            match self.records_api.create(&PostParams::default(), &record).await {
+                Ok(written) => self.cfg.records.wrote(&written),
+                Err(kube::Error::Api(err)) if err.code == 409 => {}
+                Err(source) => {
+                    return Err(LedgerError::MarkRevoked {
+                        serial: e.serial.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        info!(
+            entries = legacy.len(),
+            "revocation ledger of an earlier version migrated to CertificateRecords"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::CertificateAuthority;
+
+    fn facts(serial: &str, not_after: i64, revoked: Option<i64>) -> RecordFacts {
+        RecordFacts {
+            serial: serial.into(),
+            not_after: Timestamp::from_second(not_after).unwrap(),
+            grant_namespace: "ns".into(),
+            grant_name: "g".into(),
+            grant_uid: "u".into(),
+            generation: 1,
+            task_uid: "t".into(),
+            revoked: revoked.map(|t| (Timestamp::from_second(t).unwrap(), RevocationCause::TaskCompleted)),
+            deleting: false,
+        }
+    }
+
+    #[test]
+    fn threat_23_entries_stay_until_their_certificate_expires() {
+        let now = Timestamp::from_second(1000).unwrap();
+        let entries = crl_entries(
+            vec![
+                facts("aa", 999, Some(1)),
+                facts("bb", 2000, Some(1)),
+                facts("dd", 2000, None),
+            ],
+            &[facts("cc", 1500, Some(900))],
+            now,
+        );
+        let serials: Vec<_> = entries.iter().map(|e| e.serial_hex.as_str()).collect();
+        assert_eq!(serials, ["bb", "cc"], "expired and unrevoked serials are not listed");
+    }
+
+    #[test]
+    fn a_serial_in_the_index_and_the_request_is_listed_once() {
+        let now = Timestamp::from_second(10).unwrap();
+        let entries = crl_entries(vec![facts("aa", 100, Some(1))], &[facts("aa", 100, Some(5))], now);
+        assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn threat_23_the_crl_number_never_goes_backwards() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let ms = 1_800_000_000_000;
+        assert_eq!(next_number(None, 0, now), ms, "a reset starts from the clock");
+        assert_eq!(next_number(Some(5), 0, now), ms, "an old small number is passed");
+        assert_eq!(next_number(Some(ms + 10), 0, now), ms + 11);
+        assert_eq!(
+            next_number(Some(3), ms + 50, now),
+            ms + 51,
+            "a restored backup is passed"
+        );
+        assert_eq!(next_number(Some(u64::MAX), 0, now), u64::MAX);
+    }
+
+    fn stored_crl(number: u64) -> BTreeMap<String, String> {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let ca = CertificateAuthority::generate_root("t", now, Duration::from_secs(86400)).unwrap();
+        let pem = ca
+            .sign_crl(&CrlRequest {
+                crl_number: number,
+                this_update: now,
+                next_update: now + time::Duration::hours(1),
+                entries: vec![],
+            })
+            .unwrap();
+        [
+            (CRL_KEY.to_string(), pem),
+            (CRL_NUMBER_KEY.to_string(), number.to_string()),
+        ]
+        .into()
+    }
+
+    #[test]
+    fn threat_36_a_damaged_crl_configmap_is_an_error_never_empty() {
+        let good = stored_crl(7);
+        assert_eq!(parse_stored(&good).unwrap().number, Some(7));
+        assert_eq!(
+            parse_stored(&BTreeMap::new()).unwrap().number,
+            None,
+            "created empty: a reset"
+        );
+
+        let mut bad_number = good.clone();
+        bad_number.insert(CRL_NUMBER_KEY.into(), "7x".into());
+        assert!(parse_stored(&bad_number).unwrap_err().contains("not a number"));
+
+        let mut no_number = good.clone();
+        no_number.remove(CRL_NUMBER_KEY);
+        assert!(parse_stored(&no_number).unwrap_err().contains("missing"));
+
+        let mut truncated = good.clone();
+        let pem = truncated[CRL_KEY].clone();
+        truncated.insert(CRL_KEY.into(), pem[..pem.len() / 2].to_string());
+        assert!(parse_stored(&truncated).is_err());
+
+        let mut disagreeing = good.clone();
+        disagreeing.insert(CRL_NUMBER_KEY.into(), "8".into());
+        assert!(parse_stored(&disagreeing).unwrap_err().contains("says 8"));
+
+        let mut legacy = good.clone();
+        legacy.insert(LEGACY_LEDGER_KEY.into(), "[{\"serial\":\"aa\"".into());
+        assert!(parse_stored(&legacy).unwrap_err().contains("does not parse"));
+        legacy.insert(
+            LEGACY_LEDGER_KEY.into(),
+            r#"[{"serial":"aa","notAfter":"2030-01-01T00:00:00Z","revokedAt":"2029-01-01T00:00:00Z","reason":"TaskCompleted","grant":"ns/g"}]"#.into(),
+        );
+        assert_eq!(parse_stored(&legacy).unwrap().legacy.len(), 1);
+    }
+}

@@ -1,0 +1,239 @@
+//! The revocation record in memory: every CertificateRecord, by serial and by grant UID.
+//!
+//! Fed by the one watch on CertificateRecords (in the CA's namespace). The grant
+//! reconcile reads a grant's serials from it (including any its status forgot after a
+//! crash), the ledger builds the CRL from its revoked entries, the sweeper finds
+//! records whose grant vanished, and the decision service will answer "is this serial
+//! still good?" from it. A relist replaces the whole index at once (on `InitDone`), so
+//! no reader ever sees half a list.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, RwLock},
+};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{ResourceExt, runtime::watcher};
+
+use crate::api::{CertificateRecord, RevocationCause};
+
+/// What Mandate needs of one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordFacts {
+    pub serial: String,
+    pub not_after: Timestamp,
+    pub grant_namespace: String,
+    pub grant_name: String,
+    pub grant_uid: String,
+    pub generation: i64,
+    pub task_uid: String,
+    /// When and why it was revoked, if it was.
+    pub revoked: Option<(Timestamp, RevocationCause)>,
+    /// Someone asked the API server to delete the record (its finalizer holds it).
+    pub deleting: bool,
+}
+
+impl RecordFacts {
+    pub fn of(r: &CertificateRecord) -> RecordFacts {
+        RecordFacts {
+            serial: r.spec.serial_number.clone(),
+            not_after: r.spec.not_after.0,
+            grant_namespace: r.spec.grant.namespace.clone(),
+            grant_name: r.spec.grant.name.clone(),
+            grant_uid: r.spec.grant.uid.clone(),
+            generation: r.spec.grant.generation,
+            task_uid: r.spec.task.uid.clone(),
+            revoked: r.spec.revocation.as_ref().map(|v| (v.time.0, v.reason)),
+            deleting: r.metadata.deletion_timestamp.is_some(),
+        }
+    }
+
+    /// Valid and not revoked at `now`.
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        self.revoked.is_none() && self.not_after > now
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    by_serial: HashMap<String, RecordFacts>,
+    by_grant: HashMap<String, BTreeSet<String>>,
+    /// The list being received during a relist; swapped in on `InitDone`.
+    relist: Option<HashMap<String, RecordFacts>>,
+}
+
+impl Inner {
+    fn insert(&mut self, f: RecordFacts) {
+        if let Some(old) = self.by_serial.get(&f.serial)
+            && old.grant_uid != f.grant_uid
+        {
+            let uid = old.grant_uid.clone();
+            self.unlink(&uid, &f.serial);
+        }
+        self.by_grant
+            .entry(f.grant_uid.clone())
+            .or_default()
+            .insert(f.serial.clone());
+        self.by_serial.insert(f.serial.clone(), f);
+    }
+
+    fn unlink(&mut self, uid: &str, serial: &str) {
+        if let Some(set) = self.by_grant.get_mut(uid) {
+            set.remove(serial);
+            if set.is_empty() {
+                self.by_grant.remove(uid);
+            }
+        }
+    }
+
+    fn remove(&mut self, serial: &str) {
+        if let Some(old) = self.by_serial.remove(serial) {
+            self.unlink(&old.grant_uid, serial);
+        }
+    }
+
+    fn replace(&mut self, all: HashMap<String, RecordFacts>) {
+        self.by_serial.clear();
+        self.by_grant.clear();
+        for (_, f) in all {
+            self.insert(f);
+        }
+    }
+}
+
+/// Every CertificateRecord, indexed. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct RecordIndex(Arc<RwLock<Inner>>);
+
+impl RecordIndex {
+    /// Applies one watch event; for `inspect` on the record watch.
+    pub fn on_event(&self, event: &watcher::Event<CertificateRecord>) {
+        let mut inner = self.0.write().expect("record index lock");
+        match event {
+            watcher::Event::Init => inner.relist = Some(HashMap::new()),
+            watcher::Event::InitApply(r) => {
+                let f = RecordFacts::of(r);
+                match inner.relist.as_mut() {
+                    Some(list) => {
+                        list.insert(f.serial.clone(), f);
+                    }
+                    None => inner.insert(f),
+                }
+            }
+            watcher::Event::InitDone => {
+                let all = inner.relist.take().unwrap_or_default();
+                inner.replace(all);
+            }
+            watcher::Event::Apply(r) => inner.insert(RecordFacts::of(r)),
+            watcher::Event::Delete(r) => inner.remove(&r.name_any()),
+        }
+    }
+
+    /// Notes a record the operator itself just wrote, before its watch event arrives,
+    /// so a reconcile right after never reads an older state than its own write.
+    pub fn wrote(&self, r: &CertificateRecord) {
+        self.0.write().expect("record index lock").insert(RecordFacts::of(r));
+    }
+
+    pub fn get(&self, serial: &str) -> Option<RecordFacts> {
+        self.0.read().expect("record index lock").by_serial.get(serial).cloned()
+    }
+
+    /// Every record of the grant with this UID, any state.
+    pub fn for_grant(&self, uid: &str) -> Vec<RecordFacts> {
+        let inner = self.0.read().expect("record index lock");
+        inner
+            .by_grant
+            .get(uid)
+            .map(|set| set.iter().filter_map(|s| inner.by_serial.get(s).cloned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every revoked record whose certificate has not expired at `now`: what the CRL lists.
+    pub fn revoked_unexpired(&self, now: Timestamp) -> Vec<RecordFacts> {
+        let inner = self.0.read().expect("record index lock");
+        let mut out: Vec<RecordFacts> = inner
+            .by_serial
+            .values()
+            .filter(|f| f.revoked.is_some() && f.not_after > now)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| a.serial.cmp(&b.serial));
+        out
+    }
+
+    /// Every record, for the sweeper.
+    pub fn all(&self) -> Vec<RecordFacts> {
+        self.0
+            .read()
+            .expect("record index lock")
+            .by_serial
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().expect("record index lock").by_serial.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(serial: &str, uid: &str, revoked: bool) -> CertificateRecord {
+        let mut spec = json!({
+            "serialNumber": serial, "notAfter": "2030-01-01T00:00:00Z",
+            "grant": {"namespace": "ns", "name": "g", "uid": uid, "generation": 1},
+            "task": {"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "t"},
+            "identity": "a",
+        });
+        if revoked {
+            spec["revocation"] = json!({"time": "2029-01-01T00:00:00Z", "reason": "TaskCompleted"});
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "mandate.dev/v1alpha1", "kind": "CertificateRecord",
+            "metadata": {"name": serial, "namespace": "ca"}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_relist_replaces_the_index_only_when_complete() {
+        let idx = RecordIndex::default();
+        idx.on_event(&watcher::Event::Apply(record("aa", "g1", false)));
+        idx.on_event(&watcher::Event::Init);
+        idx.on_event(&watcher::Event::InitApply(record("bb", "g1", true)));
+        // Mid-relist, readers still see the previous full list.
+        assert!(idx.get("aa").is_some());
+        assert!(idx.get("bb").is_none());
+        idx.on_event(&watcher::Event::InitDone);
+        assert!(idx.get("aa").is_none(), "gone from the new list");
+        assert_eq!(idx.for_grant("g1").len(), 1);
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        assert_eq!(idx.revoked_unexpired(now).len(), 1);
+    }
+
+    #[test]
+    fn serials_are_found_by_grant_uid_not_by_name() {
+        let idx = RecordIndex::default();
+        idx.on_event(&watcher::Event::Apply(record("aa", "old-uid", true)));
+        idx.on_event(&watcher::Event::Apply(record("bb", "new-uid", false)));
+        assert_eq!(
+            idx.for_grant("new-uid")
+                .iter()
+                .map(|f| f.serial.as_str())
+                .collect::<Vec<_>>(),
+            ["bb"]
+        );
+        idx.on_event(&watcher::Event::Delete(record("bb", "new-uid", false)));
+        assert!(idx.for_grant("new-uid").is_empty());
+        assert_eq!(idx.len(), 1);
+    }
+}
