@@ -76,6 +76,9 @@ async fn threat_37_a_grant_whose_finalizer_is_stripped_while_the_operator_runs_i
     strip_and_delete(&f.grants, "g").await;
     assert_eq!(wait_record_revoked(&f, &serial).await, RevocationCause::GrantVanished);
     f.wait_revoked_in_crl(&serial).await;
+    // The task still runs and co-owns the Secret, so the garbage collector keeps it:
+    // the operator withdraws it.
+    wait_deleted(&f.secrets, "g", "withdrawn with its vanished grant").await;
     f.ns.cleanup().await;
 }
 

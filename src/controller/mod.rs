@@ -549,7 +549,28 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 .map(|g| ObjectRef::from_obj(g.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .owns_stream(secrets)
+        // A grant Secret triggers its controlling grant, and also the grant its label
+        // names: after a grant vanished and a new one of the same name is waiting on
+        // its predecessor's Secret, that Secret's deletion must reach the new grant,
+        // which does not own it.
+        .watches_stream(secrets, |s: Secret| {
+            let ns = s.namespace().unwrap_or_default();
+            let mut names: Vec<String> = s
+                .owner_references()
+                .iter()
+                .filter(|o| o.controller == Some(true) && o.kind == "ToolGrant")
+                .map(|o| o.name.clone())
+                .collect();
+            if let Some(label) = s.labels().get(LABEL_GRANT)
+                && !names.contains(label)
+            {
+                names.push(label.clone());
+            }
+            names
+                .into_iter()
+                .map(|n| ObjectRef::new(&n).within(&ns))
+                .collect::<Vec<_>>()
+        })
         .watches_stream(jobs.touched_objects(), move |job: Job| {
             grants_for_task(&s1, "batch/v1", "Job", job.namespace(), &job.name_any())
         })

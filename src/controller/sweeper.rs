@@ -16,10 +16,11 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{
-    Api, Client,
-    api::{DeleteParams, Patch, PatchParams},
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
     runtime::reflector::{ObjectRef, Store},
 };
 use tokio::sync::mpsc;
@@ -27,7 +28,10 @@ use tracing::{info, warn};
 
 use super::ledger::{self, Ledger, Published};
 use crate::{
-    api::{CertificateRecord, RecordedGrant, RecordedTask, RevocationCause, ToolGrant, names::RECORD_FINALIZER},
+    api::{
+        CertificateRecord, RecordedGrant, RecordedTask, RevocationCause, ToolGrant,
+        names::{ANN_SERIAL, LABEL_GRANT, RECORD_FINALIZER},
+    },
     state::{ready::Ready, records::RecordFacts},
 };
 
@@ -173,9 +177,59 @@ impl Sweeper {
         );
         let published = self.ledger.revoke(vec![spec]).await.map_err(SweepError::Revoke)?;
         self.metrics.swept(cause.as_str());
+        // Its Secret may outlive it: the task co-owns it, so the garbage collector keeps
+        // it while the task runs. It holds a revoked key and blocks a new grant of the
+        // same name: withdraw it, as the grant's own revocation would have.
+        self.withdraw_secrets(r).await?;
         info!(serial = %r.serial, grant = %r.grant_name, namespace = %r.grant_namespace, grant_uid = %r.grant_uid,
               reason = cause.as_str(), listed = matches!(published, Published::Listed { .. }),
               "certificate revoked: its grant is gone and its revocation was never recorded");
+        Ok(())
+    }
+
+    /// Deletes the Secrets of the vanished grant object (never one of a new grant of
+    /// the same name).
+    async fn withdraw_secrets(&self, r: &RecordFacts) -> Result<(), SweepError> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &r.grant_namespace);
+        let lp = ListParams::default().labels(&format!("{LABEL_GRANT}={}", r.grant_name));
+        let list = api.list(&lp).await.map_err(|source| SweepError::WithdrawSecret {
+            name: r.grant_name.clone(),
+            source,
+        })?;
+        // The garbage collector drops the reference to the vanished owner while the task
+        // still owns the Secret, so it is known by the serial it holds: one the record
+        // says belongs to that grant object. A Secret another grant object controls is
+        // never touched.
+        let vanished = |s: &Secret| {
+            let controller = s.owner_references().iter().find(|o| o.controller == Some(true));
+            controller.is_none_or(|o| o.uid == r.grant_uid)
+                && s.annotations().get(ANN_SERIAL).is_some_and(|serial| {
+                    self.ledger
+                        .records()
+                        .get(serial)
+                        .is_some_and(|f| f.grant_uid == r.grant_uid)
+                })
+        };
+        for secret in list.items.iter().filter(|s| vanished(s)) {
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: secret.uid(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&secret.name_any(), &dp).await {
+                Ok(_) => info!(secret = %secret.name_any(), namespace = %r.grant_namespace,
+                               "Secret of a vanished grant withdrawn"),
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(source) => {
+                    return Err(SweepError::WithdrawSecret {
+                        name: secret.name_any(),
+                        source,
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
@@ -234,6 +288,12 @@ pub enum SweepError {
     },
     #[error("failed to revoke: {0}")]
     Revoke(#[source] ledger::LedgerError),
+    #[error("failed to withdraw Secret {name} of a vanished grant: {source}")]
+    WithdrawSecret {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("failed to retire the expired CertificateRecord {serial}: {source}")]
     Retire {
         serial: String,
