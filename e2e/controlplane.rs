@@ -115,7 +115,8 @@ async fn crds_from_the_repository_are_established() {
             "agentidentities.mandate.dev",
             "toolgrants.mandate.dev",
             "toolgrantapprovals.mandate.dev",
-            "agentpolicies.mandate.dev"
+            "agentpolicies.mandate.dev",
+            "certificaterecords.mandate.dev"
         ]
     );
     for crd in crds {

@@ -76,6 +76,22 @@ async fn threat_37_a_grant_whose_finalizer_is_stripped_while_the_operator_runs_i
     strip_and_delete(&f.grants, "g").await;
     assert_eq!(wait_record_revoked(&f, &serial).await, RevocationCause::GrantVanished);
     f.wait_revoked_in_crl(&serial).await;
+    // Nothing un-revokes: the API server itself refuses to change or drop a revocation,
+    // and to rewrite what the record says the certificate was for.
+    for patch in [
+        json!({ "spec": { "revocation": null } }),
+        json!({ "spec": { "revocation": { "reason": "ScopeChanged" } } }),
+        json!({ "spec": { "grant": { "uid": "someone-else" } } }),
+    ] {
+        let err = records
+            .patch(&serial, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect_err("a record's revocation and facts are immutable");
+        assert!(
+            err.to_string().contains("final") || err.to_string().contains("only spec.revocation"),
+            "{err}"
+        );
+    }
     // The task still runs and co-owns the Secret, so the garbage collector keeps it:
     // the operator withdraws it.
     wait_deleted(&f.secrets, "g", "withdrawn with its vanished grant").await;

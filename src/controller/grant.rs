@@ -171,7 +171,8 @@ async fn fetch_identity(ctx: &Context, grant: &ToolGrant, ns: &str) -> Result<Op
 
 pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let uid = cached.uid().unwrap_or_default();
-    let res = super::within_deadline(reconcile_grant(cached, &ctx)).await;
+    let res = super::within_deadline(reconcile_grant(cached.clone(), &ctx)).await;
+    super::succeeded(&ctx, cached.as_ref(), &res);
     if res.is_err() {
         // Something we wrote may or may not have landed: read fresh next time.
         ctx.written.distrust(&uid);
@@ -991,7 +992,7 @@ async fn publish(ctx: &Context, grant: &ToolGrant, type_: EventType, reason: &st
     let ev = Event {
         type_,
         reason: reason.to_string(),
-        note: Some(note),
+        note: Some(super::backoff::truncate_note(note)),
         action: action.to_string(),
         secondary: None,
     };

@@ -3,6 +3,7 @@
 //! Each reconcile is fetch, decide (pure functions in `decide`, with `now` passed in),
 //! apply, then status.
 
+mod backoff;
 pub mod ca;
 mod decision;
 mod grant;
@@ -206,6 +207,8 @@ pub struct Context {
     pub audit_changed: tokio::sync::mpsc::UnboundedSender<String>,
     pub approvals: Store<ToolGrantApproval>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Consecutive reconcile failures per object, for backoff and Event de-duplication.
+    pub errors: backoff::ErrorBackoff,
     /// The resourceVersions of our own latest writes, per grant UID. A cached grant or
     /// Secret is used only when it is that version; a grant cached at an earlier
     /// version of ours waits for the event of our write; anything else is read fresh.
@@ -503,6 +506,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         audit_changed: audit_tx,
         approvals: approval_store,
         metrics,
+        errors: backoff::ErrorBackoff::default(),
         written,
         published_bundles: Mutex::new(HashMap::new()),
     });
@@ -599,7 +603,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .reconcile_on(identity_triggers)
         .shutdown_on_signal()
         .run(
-            |identity, ctx| within_deadline(identity::reconcile(identity, ctx)),
+            |identity, ctx| async move {
+                let res = within_deadline(identity::reconcile(identity.clone(), ctx.clone())).await;
+                succeeded(&ctx, identity.as_ref(), &res);
+                res
+            },
             error_policy,
             ctx.clone(),
         )
@@ -651,7 +659,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .run(
             move |p, c| {
                 let _ = t2.send(());
-                within_deadline(policy::reconcile(p, c))
+                async move {
+                    let res = within_deadline(policy::reconcile(p.clone(), c.clone())).await;
+                    succeeded(&c, p.as_ref(), &res);
+                    res
+                }
             },
             error_policy,
             ctx.clone(),
@@ -698,22 +710,35 @@ where
     })
 }
 
-/// Requeue a failed object soon. kube's controller does not back off per object on
-/// its own; a short fixed delay keeps revocation retries prompt.
+/// Requeues a failed object after its own backoff (see `backoff`), with a Warning
+/// Event when the reason is new for it.
 fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
-    warn!(error = %err, reason = err.reason(), object = %obj.meta().name.clone().unwrap_or_default(), "reconcile error, retrying");
-    let ev = kube::runtime::events::Event {
-        type_: kube::runtime::events::EventType::Warning,
-        reason: err.reason().into(),
-        note: Some(err.to_string()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    let reference = obj.object_ref(&());
-    tokio::spawn(async move {
-        let _ = ctx.recorder.publish(&ev, &reference).await;
-    });
-    Action::requeue(Duration::from_secs(2))
+    let key = obj.meta().uid.clone().unwrap_or_default();
+    let retry = ctx.errors.failed(&key, err.reason());
+    ctx.metrics.reconcile_error(err.reason());
+    warn!(error = %err, reason = err.reason(), object = %obj.meta().name.clone().unwrap_or_default(),
+          retry_in = ?retry.after, "reconcile error, retrying");
+    if retry.announce {
+        let ev = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: err.reason().into(),
+            note: Some(backoff::truncate_note(err.to_string())),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        let reference = obj.object_ref(&());
+        tokio::spawn(async move {
+            let _ = ctx.recorder.publish(&ev, &reference).await;
+        });
+    }
+    Action::requeue(retry.after)
+}
+
+/// Clears an object's failure count once a reconcile of it succeeds.
+pub(crate) fn succeeded<K: Resource>(ctx: &Context, obj: &K, res: &Result<Action, Error>) {
+    if res.is_ok() {
+        ctx.errors.succeeded(obj.meta().uid.as_deref().unwrap_or_default());
+    }
 }
 
 #[cfg(test)]

@@ -296,7 +296,7 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Ac
             let ev = Event {
                 type_,
                 reason: reason.into(),
-                note: Some(note),
+                note: Some(super::backoff::truncate_note(note)),
                 action: "Compile".into(),
                 secondary: None,
             };
