@@ -8,3 +8,6 @@ pub mod grant;
 pub mod lifetime;
 pub mod scope;
 pub mod task;
+
+#[cfg(test)]
+mod properties;

@@ -1,0 +1,233 @@
+//! Property tests of the pure decisions: scope matching, name validation, the CRL's
+//! entries and number, and the grant step, over generated inputs.
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+
+use super::{
+    grant::{CaObs, LiveCert, Observed, Plan, PolicyObs, SecretObs, decide, live_serials},
+    scope::{destination_within, excess, validate},
+    task::{Outcome, TaskState},
+};
+use crate::{
+    api::{AgentIdentity, GrantPhase, RevocationCause, ToolGrant, ToolScope},
+    controller::ledger::{crl_entries, next_number},
+    spiffe::SpiffeId,
+    state::records::RecordFacts,
+};
+
+const NOW: i64 = 1_800_000_000;
+
+fn word() -> impl Strategy<Value = String> {
+    "[a-z][a-z0-9-]{0,6}[a-z0-9]"
+}
+
+fn tool() -> impl Strategy<Value = ToolScope> {
+    (
+        word(),
+        prop::collection::btree_set(word(), 1..4),
+        prop::collection::btree_set("[a-z]{1,5}\\.example(/[a-z]{1,4}){0,2}", 0..3),
+    )
+        .prop_map(|(name, actions, destinations)| ToolScope {
+            name,
+            actions: actions.into_iter().collect(),
+            destinations: destinations.into_iter().collect(),
+            sensitivity: Default::default(),
+        })
+}
+
+fn tools() -> impl Strategy<Value = Vec<ToolScope>> {
+    prop::collection::vec(tool(), 1..4).prop_map(|mut v| {
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v.dedup_by(|a, b| a.name == b.name);
+        v
+    })
+}
+
+fn facts(serial: String, not_after: i64, revoked: Option<i64>) -> RecordFacts {
+    RecordFacts {
+        serial,
+        not_after: Timestamp::from_second(not_after).unwrap(),
+        grant_namespace: "ns".into(),
+        grant_name: "g".into(),
+        grant_uid: "g-uid".into(),
+        generation: 1,
+        task_uid: "t-uid".into(),
+        revoked: revoked.map(|t| (Timestamp::from_second(t).unwrap(), RevocationCause::TaskCompleted)),
+        deleting: false,
+    }
+}
+
+fn record() -> impl Strategy<Value = RecordFacts> {
+    ("[0-9a-f]{2,4}", NOW - 100..NOW + 100, prop::option::of(NOW - 200..NOW))
+        .prop_map(|(s, not_after, revoked)| facts(s, not_after, revoked))
+}
+
+proptest! {
+    /// A grant that asks for exactly its ceiling, or for any part of it, is within it.
+    #[test]
+    fn a_subset_of_the_ceiling_is_never_excess(ceiling in tools(), keep in any::<prop::sample::Index>()) {
+        prop_assert!(excess(&ceiling, &ceiling).is_empty());
+        let mut narrower = ceiling.clone();
+        let t = &mut narrower[keep.index(ceiling.len())];
+        t.actions.truncate(1);
+        t.destinations.truncate(1);
+        prop_assert!(excess(&narrower, &ceiling).is_empty());
+    }
+
+    /// Anything added beyond the ceiling is named, whatever else the grant asks for.
+    #[test]
+    fn an_action_beyond_the_ceiling_is_always_named(ceiling in tools(), extra in "[a-z]{9,12}") {
+        let mut wider = ceiling.clone();
+        wider[0].actions.push(extra.clone());
+        let found = excess(&wider, &ceiling);
+        prop_assert_eq!(found.len(), 1);
+        prop_assert!(found[0].to_string().contains(&extra));
+    }
+
+    /// A destination is within another only at a path boundary: no suffix trick widens it.
+    #[test]
+    fn destinations_match_only_at_a_path_boundary(host in "[a-z]{1,8}\\.example", tail in "[a-z.]{1,8}", path in "[a-z]{1,6}") {
+        prop_assert!(destination_within(&host, &host));
+        let below = format!("{host}/{path}");
+        prop_assert!(destination_within(&below, &host));
+        let longer = format!("{host}{tail}");
+        prop_assert!(!destination_within(&longer, &host));
+        prop_assert!(!destination_within(&host, &below), "a path never allows its parent");
+    }
+
+    /// Names with anything outside the small ASCII alphabet are refused, never normalised.
+    #[test]
+    fn tool_names_outside_the_alphabet_are_refused(name in "[a-z]{1,4}[A-Z \\x00/*%\u{0430}][a-z]{1,4}") {
+        let t = ToolScope { name: name.clone(), actions: vec!["read".into()], destinations: vec![], sensitivity: Default::default() };
+        prop_assert!(validate(&[t]).is_err(), "{name:?} accepted");
+    }
+
+    /// Every agent name that builds a SPIFFE ID yields exactly one plain path: no
+    /// `%`, `..`, `?`, `#` or extra segment.
+    #[test]
+    fn spiffe_ids_are_built_only_from_plain_segments(name in "\\PC{0,70}", ns in "[a-z0-9-]{1,70}") {
+        if let Ok(id) = SpiffeId::for_agent("example.org", &ns, &name) {
+            let s = id.to_string();
+            let path = s.strip_prefix("spiffe://example.org/").unwrap();
+            let segments: Vec<&str> = path.split('/').collect();
+            prop_assert_eq!(segments.len(), 4);
+            prop_assert!(segments.iter().all(|seg| !seg.is_empty() && seg.len() <= 63
+                && seg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')));
+        }
+    }
+
+    /// The CRL lists each revoked, unexpired serial exactly once, whether it came from
+    /// the index, the request or both, and nothing else.
+    #[test]
+    fn the_crl_lists_exactly_the_revoked_unexpired_serials(index in prop::collection::vec(record(), 0..20), extra in prop::collection::vec(record(), 0..5)) {
+        let now = Timestamp::from_second(NOW).unwrap();
+        let entries = crl_entries(index.clone(), &extra, now);
+        let listed: Vec<&str> = entries.iter().map(|e| e.serial_hex.as_str()).collect();
+        let mut sorted = listed.clone();
+        sorted.sort();
+        sorted.dedup();
+        prop_assert_eq!(&listed, &sorted, "sorted and unique");
+        // A revocation is monotonic: a serial any copy says is revoked (and unexpired)
+        // is listed, whichever copy is older.
+        let revoked_live = |s: &str| index.iter().chain(&extra).any(|f| f.serial == s && f.revoked.is_some() && f.not_after > now);
+        for s in &listed {
+            prop_assert!(revoked_live(s));
+        }
+        for f in index.iter().chain(&extra) {
+            if revoked_live(&f.serial) {
+                prop_assert!(listed.contains(&f.serial.as_str()), "{} dropped", f.serial);
+            }
+        }
+    }
+
+    /// The CRL number only grows, whatever was stored (a reset, a restored backup).
+    #[test]
+    fn the_crl_number_only_grows(stored in prop::option::of(any::<u64>()), highest in any::<u64>(), secs in 0i64..4_000_000_000) {
+        let now = Timestamp::from_second(secs).unwrap();
+        let n = next_number(stored, highest, now);
+        let prev = stored.unwrap_or(0).max(highest);
+        prop_assert!(n > prev || prev == u64::MAX);
+    }
+
+    /// The grant step never issues when anything that must hold does not, and never
+    /// revokes a serial that is not live.
+    #[test]
+    fn the_grant_step_issues_only_when_everything_holds(
+        suspended in any::<bool>(),
+        finished in prop::option::of(prop_oneof![Just(Outcome::Succeeded), Just(Outcome::Failed), Just(Outcome::Deleting)]),
+        task_exists in any::<bool>(),
+        identity_exists in any::<bool>(),
+        deleted in any::<bool>(),
+        policy in prop_oneof![Just(PolicyObs::Allow), Just(PolicyObs::Loading), Just(PolicyObs::Deny { message: "no".into() })],
+        ca_ready in any::<bool>(),
+        has_live in any::<bool>(),
+        final_phase in any::<bool>(),
+        records in prop::collection::vec(record(), 0..4),
+        jitter in 0.0f64..1.0,
+    ) {
+        let now = Timestamp::from_second(NOW).unwrap();
+        let mut g: ToolGrant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrant",
+            "metadata": {"name": "g", "namespace": "ns", "uid": "g-uid", "generation": 1},
+            "spec": {"identityRef": {"name": "a"}, "taskRef": {"apiVersion": "v1", "kind": "Pod", "name": "p"},
+                     "tools": [{"name": "github", "actions": ["read"]}], "purpose": "x", "requester": {"username": "alice"}}
+        })).unwrap();
+        if deleted {
+            g.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+        }
+        if final_phase {
+            g.status = Some(crate::api::ToolGrantStatus { phase: Some(GrantPhase::Revoked), ..Default::default() });
+        }
+        let mut id: AgentIdentity = serde_json::from_value(serde_json::json!({
+            "apiVersion": "mandate.dev/v1alpha1", "kind": "AgentIdentity",
+            "metadata": {"name": "a", "namespace": "ns"},
+            "spec": {"owner": "team", "serviceAccountName": "sa", "tools": [{"name": "github", "actions": ["read"]}]}
+        })).unwrap();
+        id.spec.suspended = suspended;
+        let o = Observed {
+            now,
+            grant: &g,
+            identity: identity_exists.then_some(&id),
+            task: task_exists.then(|| TaskState {
+                uid: "t-uid".into(),
+                started_at: Some(now),
+                deadline: None,
+                finished: finished.map(|f| (f, "done".into())),
+            }),
+            secret: if has_live {
+                SecretObs::Ours(Some(LiveCert {
+                    serial: "ab".into(),
+                    not_after: now + SignedDuration::from_hours(1),
+                    renew_at: now - SignedDuration::from_mins(1),
+                    grant_generation: 1,
+                    task_uid: "t-uid".into(),
+                }))
+            } else {
+                SecretObs::Absent
+            },
+            ca: if ca_ready {
+                CaObs::Ready { not_after: now + SignedDuration::from_hours(1000) }
+            } else {
+                CaObs::Unavailable { reason: "CaMissing", message: "gone".into() }
+            },
+            operator_max_ttl: std::time::Duration::from_secs(3600),
+            jitter,
+            policy: policy.clone(),
+            records: records.clone(),
+        };
+        let live = live_serials(&o);
+        let ended_in_record = records.iter().any(|r| r.revoked.is_some_and(|(_, c)| c.is_final()));
+        match decide(&o) {
+            Plan::Issue { revoke_first, .. } => {
+                prop_assert!(!suspended && identity_exists && task_exists && finished.is_none() && !deleted);
+                prop_assert!(ca_ready && policy == PolicyObs::Allow && !final_phase && !ended_in_record);
+                prop_assert!(revoke_first.iter().all(|s| live.contains(s)));
+            }
+            Plan::Revoke { serials, .. } | Plan::Withhold { serials, .. } => {
+                prop_assert!(serials.iter().all(|s| live.contains(s)), "{serials:?} not all live in {live:?}");
+            }
+            Plan::Hold { .. } => {}
+        }
+    }
+}
