@@ -1,6 +1,7 @@
 //! The revocation record on the real control plane: revocation that no requester can
 //! lose (a stripped finalizer), no corruption can undo (a damaged or deleted CRL
-//! ConfigMap), and no missing CA can hold up (threats 36 to 38).
+//! ConfigMap), and no missing CA can hold up (threats 36 to 38); and the schema limits
+//! that keep input the record could not hold from reaching the operator (8, 22).
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
@@ -245,4 +246,75 @@ async fn threat_38_with_no_ca_a_finished_tasks_secret_is_withdrawn_and_listed_on
     f.secrets.create(&PostParams::default(), &restored).await.unwrap();
     f.wait_revoked_in_crl(&serial).await;
     f.ns.cleanup().await;
+}
+
+/// A grant whose ttl is one of `bad`, created raw (the Rust types would not even hold
+/// some of these); every one must be refused by the API server itself.
+#[tokio::test]
+async fn threat_8_ttl_garbage_is_refused_by_the_schema() {
+    let c = crate::support::client().await;
+    crate::support::install_crds(&c).await;
+    let ns = crate::support::TestNamespace::new(&c, "ttl-garbage").await;
+    for bad in [
+        json!("0s"),
+        json!("-5m"),
+        json!("1e9"),
+        json!("999999h"),
+        json!("9223372036854775807ns"),
+        json!("2562047h47m16.854775807s"),
+        json!("soon"),
+        json!(""),
+        json!(300),
+        json!(-1),
+    ] {
+        let body = json!({
+            "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrant",
+            "metadata": { "name": "g" },
+            "spec": {
+                "identityRef": { "name": "triage" },
+                "taskRef": { "apiVersion": "batch/v1", "kind": "Job", "name": "work" },
+                "tools": github(), "purpose": "garbage ttl", "ttl": bad,
+            },
+        });
+        let res = crate::support::create_raw::<ToolGrant>(&ns, body).await;
+        assert!(res.is_err(), "ttl {bad} was accepted");
+    }
+    ns.cleanup().await;
+}
+
+/// Names that would make an invalid SPIFFE path or label value never reach the
+/// operator: the API server refuses them.
+#[tokio::test]
+async fn threat_22_names_that_cannot_be_a_spiffe_segment_or_a_label_value_are_refused() {
+    let c = crate::support::client().await;
+    crate::support::install_crds(&c).await;
+    let ns = crate::support::TestNamespace::new(&c, "bad-names").await;
+    for bad in ["agent.v1", "a..b", &"a".repeat(64)] {
+        let body = json!({
+            "apiVersion": "mandate.dev/v1alpha1", "kind": "AgentIdentity",
+            "metadata": { "name": bad },
+            "spec": { "owner": "team", "serviceAccountName": "sa", "tools": github() },
+        });
+        let err = crate::support::create_raw::<mandate::api::AgentIdentity>(&ns, body)
+            .await
+            .expect_err("an identity name that is no SPIFFE segment was accepted");
+        assert!(
+            err.to_string().contains("SPIFFE") || err.to_string().contains("metadata.name"),
+            "{bad}: {err}"
+        );
+    }
+    let body = json!({
+        "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrant",
+        "metadata": { "name": "g".repeat(64) },
+        "spec": {
+            "identityRef": { "name": "triage" },
+            "taskRef": { "apiVersion": "batch/v1", "kind": "Job", "name": "work" },
+            "tools": github(), "purpose": "a name too long for a label",
+        },
+    });
+    let err = crate::support::create_raw::<ToolGrant>(&ns, body)
+        .await
+        .expect_err("a grant name that is no label value was accepted");
+    assert!(err.to_string().contains("label value"), "{err}");
+    ns.cleanup().await;
 }

@@ -15,6 +15,8 @@ use super::{Sensitivity, ToolScope, UserInfo};
     namespaced,
     doc = "Named tools, actions and destinations for one AgentIdentity, bound to one task and a bounded time; the operator issues, renews and revokes a short-lived certificate for it.",
     status = "ToolGrantStatus",
+    // The name is a label value on the grant's Secret and CertificateRecords.
+    validation = Rule::new("self.metadata.name.size() <= 63").message("a ToolGrant's name is used as a label value: at most 63 characters"),
     shortname = "grant",
     category = "mandate",
     printcolumn = r#"{"name":"Identity","type":"string","jsonPath":".spec.identityRef.name"}"#,

@@ -15,6 +15,8 @@ use super::ToolScope;
     validation = Rule::new("size(self.metadata.name) <= 63").message("AgentIdentity names are at most 63 characters, so the SPIFFE ID stays well-formed"),
     doc = "An AI agent's identity: its SPIFFE ID, its accountable owner, and the ceiling of tools any of its grants may name.",
     status = "AgentIdentityStatus",
+    // The name is the last segment of the SPIFFE ID: a DNS-1123 label, nothing else.
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("an AgentIdentity's name is its SPIFFE ID's last path segment: lower-case letters, digits and '-', at most 63 characters (no '.')"),
     shortname = "agentid",
     category = "mandate",
     printcolumn = r#"{"name":"Owner","type":"string","jsonPath":".spec.owner"}"#,
