@@ -420,6 +420,18 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                     not_after: old.not_after.clone(),
                 });
             }
+            // The certificate being replaced is the Secret's; after a crash between the
+            // Secret and the status writes, the status names an older one.
+            if let SecretObs::Ours(Some(c)) = &observed.secret
+                && why == "Renewal"
+                && c.not_after > now
+                && !superseded.iter().any(|s| s.serial_number == c.serial)
+            {
+                superseded.push(SupersededCertificate {
+                    serial_number: c.serial.clone(),
+                    not_after: Time(c.not_after),
+                });
+            }
             superseded.retain(|s| s.not_after.0 > now && !revoke_first.contains(&s.serial_number));
             let cert = CertificateStatus {
                 serial_number: leaf.serial_hex.clone(),

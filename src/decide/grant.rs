@@ -161,6 +161,22 @@ pub fn live_serials(o: &Observed<'_>) -> Vec<String> {
     out
 }
 
+/// Live serials the record holds that no Secret or status ever carried: signed and
+/// recorded, then the operator crashed before writing them out. Nobody holds their keys.
+fn undelivered(o: &Observed<'_>) -> Vec<String> {
+    let status = o.grant.status.clone().unwrap_or_default();
+    let known = |s: &str| {
+        matches!(&o.secret, SecretObs::Ours(Some(c)) if c.serial == s)
+            || status.certificate.as_ref().is_some_and(|c| c.serial_number == s)
+            || status.superseded.iter().any(|x| x.serial_number == s)
+    };
+    o.records
+        .iter()
+        .filter(|r| r.is_live(o.now) && !known(&r.serial))
+        .map(|r| r.serial.clone())
+        .collect()
+}
+
 /// The final revocation the record holds for this grant object, if any: the record,
 /// not the status (which a user with access to it could rewrite), says a grant ended.
 fn final_in_record(o: &Observed<'_>) -> Option<RevocationCause> {
@@ -248,9 +264,11 @@ pub fn decide(o: &Observed<'_>) -> Plan {
                 RevocationCause::GrantDeleted
             });
             let mut serials = unrecorded;
-            // The Secret's certificate is revoked (again, harmlessly) before it goes.
+            // The Secret's certificate is revoked (again, harmlessly) before it goes,
+            // unless the record already says it is.
             if let SecretObs::Ours(Some(c)) = &o.secret
                 && !serials.contains(&c.serial)
+                && !o.records.iter().any(|r| r.serial == c.serial && r.revoked.is_some())
             {
                 serials.push(c.serial.clone());
             }
@@ -442,7 +460,10 @@ pub fn decide(o: &Observed<'_>) -> Plan {
 
     let (why, revoke_first, cause) = match live {
         Some(c) if c.grant_generation != generation => ("ScopeChanged", live_serials(o), RevocationCause::ScopeChanged),
-        Some(_) => ("Renewal", vec![], RevocationCause::ScopeChanged),
+        // A renewal keeps the current certificate valid (superseded) until it expires;
+        // only serials nobody ever received are revoked: recorded, then a crash before
+        // their Secret was written.
+        Some(_) => ("Renewal", undelivered(o), RevocationCause::SecretLost),
         // A certificate in status but none in the Secret: the Secret was deleted or
         // emptied. Revoke what it held before issuing a replacement.
         None => ("Initial", live_serials(o), RevocationCause::SecretLost),
