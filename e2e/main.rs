@@ -8,6 +8,7 @@
 mod support;
 
 mod controlplane;
+mod faults;
 mod grants;
 mod identity;
 mod install;

@@ -616,13 +616,19 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                     now,
                 )
             };
-            let status = ToolGrantStatus {
+            let mut status = ToolGrantStatus {
                 phase: Some(phase),
                 observed_generation: grant.metadata.generation,
                 conditions,
                 decision: decision.clone(),
                 ..previous.clone()
             };
+            if phase == GrantPhase::Issued
+                && let Some((current, superseded)) = adopted(&previous, &grant, secret.as_ref(), &observed, now)
+            {
+                status.certificate = Some(current);
+                status.superseded = superseded;
+            }
             if grant.status.as_ref() != Some(&status) {
                 let transition = previous
                     .conditions
@@ -651,6 +657,54 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             })
         }
     }
+}
+
+/// The certificate the grant's Secret holds, when the status names another one: a
+/// crash came between writing a renewed certificate's Secret and its status. The
+/// status then takes the Secret's certificate, and the one it named becomes
+/// superseded (it stays valid until it expires, and is revoked with the grant).
+fn adopted(
+    previous: &ToolGrantStatus,
+    grant: &ToolGrant,
+    secret: Option<&Secret>,
+    observed: &Observed<'_>,
+    now: Timestamp,
+) -> Option<(CertificateStatus, Vec<SupersededCertificate>)> {
+    let SecretObs::Ours(Some(live)) = &observed.secret else {
+        return None;
+    };
+    if previous.certificate.as_ref().map(|c| c.serial_number.as_str()) == Some(live.serial.as_str()) {
+        return None;
+    }
+    let pem = secret?.data.as_ref()?.get("tls.crt")?;
+    let info = pki::inspect_leaf_pem(&String::from_utf8_lossy(&pem.0)).ok()?;
+    let mut superseded = previous.superseded.clone();
+    if let Some(old) = &previous.certificate
+        && old.not_after.0 > now
+        && !superseded.iter().any(|s| s.serial_number == old.serial_number)
+    {
+        superseded.push(SupersededCertificate {
+            serial_number: old.serial_number.clone(),
+            not_after: old.not_after.clone(),
+        });
+    }
+    superseded.retain(|s| s.serial_number != live.serial);
+    let current = CertificateStatus {
+        serial_number: live.serial.clone(),
+        not_before: Time(to_ts(info.not_before)),
+        not_after: Time(live.not_after),
+        renew_after: Time(live.renew_at),
+        lifetime_cap: previous
+            .certificate
+            .as_ref()
+            .map(|c| c.lifetime_cap)
+            .unwrap_or(crate::api::LifetimeCap::RequestedTTL),
+        secret_name: secret_name(grant),
+        spiffe_id: info.uri_sans.first().cloned().unwrap_or_default(),
+        sha256_fingerprint: info.sha256_fingerprint,
+        grant_generation: live.grant_generation,
+    };
+    Some((current, superseded))
 }
 
 /// The status of a grant whose certificates were just revoked (Revoked, Expired) or

@@ -534,6 +534,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             watch_namespace: args.watch_namespace.clone(),
             grants: grant_store.clone(),
             grants_ready,
+            secrets: ctx.secrets.clone(),
             records_ready,
             metrics: ctx.metrics.clone(),
         }

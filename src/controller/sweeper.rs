@@ -53,6 +53,8 @@ pub struct Sweeper {
     pub watch_namespace: Option<String>,
     pub grants: Store<ToolGrant>,
     pub grants_ready: Ready,
+    /// Grant Secrets (certificates only), to find one still holding a revoked serial.
+    pub secrets: Store<Secret>,
     pub records_ready: Ready,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
@@ -68,15 +70,22 @@ pub enum Verdict {
     CheckGrant,
     /// Unrevoked and being deleted: revoke before letting it go.
     Revoke(RevocationCause),
+    /// Revoked, but a Secret still holds it and its grant may be gone (a crash between
+    /// the revocation and the withdrawal): ask the API server, then withdraw it.
+    CheckWithdrawn,
 }
 
 /// Judges one record from memory (pure).
-pub fn judge(r: &RecordFacts, grant_cached: bool, now: Timestamp) -> Verdict {
+pub fn judge(r: &RecordFacts, grant_cached: bool, in_a_secret: bool, now: Timestamp) -> Verdict {
     if r.not_after + EXPIRY_GRACE < now {
         return Verdict::Retire;
     }
     if r.revoked.is_some() {
-        return Verdict::Keep;
+        return if in_a_secret && !grant_cached {
+            Verdict::CheckWithdrawn
+        } else {
+            Verdict::Keep
+        };
     }
     if r.deleting {
         return Verdict::Revoke(RevocationCause::GrantVanished);
@@ -118,10 +127,17 @@ impl Sweeper {
                 _ = tick.tick() => self.ledger.records().all(),
             };
             let now = Timestamp::now();
+            let held: std::collections::HashSet<String> = self
+                .secrets
+                .state()
+                .iter()
+                .filter_map(|s| s.annotations().get(ANN_SERIAL).cloned())
+                .collect();
+            let held = &held;
             let this = &self;
             futures::stream::iter(records.into_iter().filter(|r| this.ours(r)))
                 .for_each_concurrent(CONCURRENCY, |r| async move {
-                    let verdict = judge(&r, this.grant_cached(&r), now);
+                    let verdict = judge(&r, this.grant_cached(&r), held.contains(&r.serial), now);
                     if let Err(e) = this.act(&r, verdict).await {
                         warn!(serial = %r.serial, grant = %r.grant_name, namespace = %r.grant_namespace,
                               error = %e, "failed to settle a certificate record; retrying at the next sweep");
@@ -136,22 +152,35 @@ impl Sweeper {
             Verdict::Keep => Ok(()),
             Verdict::Retire => self.retire(r).await,
             Verdict::Revoke(cause) => self.revoke(r, cause).await,
+            Verdict::CheckWithdrawn => {
+                if self.grant_exists(r).await? {
+                    Ok(())
+                } else {
+                    self.withdraw_secrets(r).await
+                }
+            }
             Verdict::CheckGrant => {
-                let api: Api<ToolGrant> = Api::namespaced(self.client.clone(), &r.grant_namespace);
-                let grant = api
-                    .get_opt(&r.grant_name)
-                    .await
-                    .map_err(|source| SweepError::FetchGrant {
-                        name: r.grant_name.clone(),
-                        source,
-                    })?;
-                match grant {
+                if self.grant_exists(r).await? {
                     // The grant exists: its own reconcile owns its certificates.
-                    Some(g) if g.metadata.uid.as_deref() == Some(r.grant_uid.as_str()) => Ok(()),
-                    _ => self.revoke(r, RevocationCause::GrantVanished).await,
+                    Ok(())
+                } else {
+                    self.revoke(r, RevocationCause::GrantVanished).await
                 }
             }
         }
+    }
+
+    /// Whether the record's grant object exists, on the API server's word.
+    async fn grant_exists(&self, r: &RecordFacts) -> Result<bool, SweepError> {
+        let api: Api<ToolGrant> = Api::namespaced(self.client.clone(), &r.grant_namespace);
+        let grant = api
+            .get_opt(&r.grant_name)
+            .await
+            .map_err(|source| SweepError::FetchGrant {
+                name: r.grant_name.clone(),
+                source,
+            })?;
+        Ok(grant.is_some_and(|g| g.metadata.uid.as_deref() == Some(r.grant_uid.as_str())))
     }
 
     async fn revoke(&self, r: &RecordFacts, cause: RevocationCause) -> Result<(), SweepError> {
@@ -323,28 +352,54 @@ mod tests {
     #[test]
     fn threat_37_a_live_record_without_its_grant_is_checked_and_one_being_deleted_is_revoked() {
         let now = Timestamp::from_second(1000).unwrap();
-        assert_eq!(judge(&facts(2000, false, false), true, now), Verdict::Keep);
-        assert_eq!(judge(&facts(2000, false, false), false, now), Verdict::CheckGrant);
+        assert_eq!(judge(&facts(2000, false, false), true, false, now), Verdict::Keep);
         assert_eq!(
-            judge(&facts(2000, false, true), true, now),
+            judge(&facts(2000, false, false), false, false, now),
+            Verdict::CheckGrant
+        );
+        assert_eq!(
+            judge(&facts(2000, false, true), true, false, now),
             Verdict::Revoke(RevocationCause::GrantVanished)
         );
+    }
+
+    /// A crash between revoking a vanished grant's serial and deleting its Secret: the
+    /// next sweep finds the Secret still holding the revoked serial and withdraws it.
+    #[test]
+    fn threat_31_a_revoked_serial_still_in_a_vanished_grants_secret_is_withdrawn() {
+        let now = Timestamp::from_second(1000).unwrap();
+        assert_eq!(
+            judge(&facts(2000, true, false), false, true, now),
+            Verdict::CheckWithdrawn
+        );
+        assert_eq!(
+            judge(&facts(2000, true, false), true, true, now),
+            Verdict::Keep,
+            "its grant handles it"
+        );
+        assert_eq!(judge(&facts(2000, true, false), false, false, now), Verdict::Keep);
     }
 
     #[test]
     fn threat_36_a_revoked_record_stays_until_its_certificate_expired() {
         let now = Timestamp::from_second(10_000).unwrap();
         assert_eq!(
-            judge(&facts(10_001, true, true), false, now),
+            judge(&facts(10_001, true, true), true, false, now),
             Verdict::Keep,
             "even when deleted early"
         );
         assert_eq!(
-            judge(&facts(10_000 - 60, true, false), false, now),
+            judge(&facts(10_000 - 60, true, false), true, true, now),
             Verdict::Keep,
             "within the grace"
         );
-        assert_eq!(judge(&facts(10_000 - 301, true, false), false, now), Verdict::Retire);
-        assert_eq!(judge(&facts(10_000 - 301, false, false), false, now), Verdict::Retire);
+        assert_eq!(
+            judge(&facts(10_000 - 301, true, false), false, false, now),
+            Verdict::Retire
+        );
+        assert_eq!(
+            judge(&facts(10_000 - 301, false, false), false, false, now),
+            Verdict::Retire
+        );
     }
 }
