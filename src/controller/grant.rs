@@ -18,7 +18,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{ApiResource, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
+    api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::{
         controller::Action,
         events::{Event, EventType},
@@ -1010,13 +1010,7 @@ async fn delete_secret_if_ours(
     if !ours {
         return Ok(());
     }
-    let dp = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: secret.uid(),
-            resource_version: None,
-        }),
-        ..Default::default()
-    };
+    let dp = super::delete_exactly(secret);
     match api.delete(&secret.name_any(), &dp).await {
         Ok(_) => {
             ctx.written.deleted_secret(&grant.uid().unwrap_or_default());

@@ -246,15 +246,8 @@ impl Ledger {
     pub async fn record_issued(&self, spec: CertificateRecordSpec) -> Result<(), LedgerError> {
         let serial = spec.serial_number.clone();
         let record = new_record(spec);
-        let pp = PostParams {
-            field_manager: Some(format!("{MANAGER}/ledger")),
-            ..Default::default()
-        };
-        match self.records_api.create(&pp, &record).await {
-            Ok(written) => {
-                self.records.wrote(&written);
-                Ok(())
-            }
+        match self.create(&record).await {
+            Ok(_) => Ok(()),
             // A retry of a create that landed: the same certificate, nothing to do.
             Err(kube::Error::Api(e)) if e.code == 409 => match self.records_api.get_opt(&serial).await {
                 Ok(Some(existing)) if existing.spec == record.spec => Ok(()),
@@ -291,6 +284,17 @@ impl Ledger {
         })
     }
 
+    /// Creates a record and notes it in the index at once.
+    async fn create(&self, record: &CertificateRecord) -> Result<CertificateRecord, kube::Error> {
+        let pp = PostParams {
+            field_manager: Some(format!("{MANAGER}/ledger")),
+            ..Default::default()
+        };
+        let written = self.records_api.create(&pp, record).await?;
+        self.records.wrote(&written);
+        Ok(written)
+    }
+
     async fn mark_revoked(&self, spec: CertificateRecordSpec) -> Result<RecordFacts, LedgerError> {
         let serial = spec.serial_number.clone();
         if let Some(f) = self.records.get(&serial)
@@ -309,20 +313,10 @@ impl Ledger {
                 self.records.wrote(&written);
                 Ok(RecordFacts::of(&written))
             }
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                let record = new_record(spec);
-                let pp = PostParams {
-                    field_manager: Some(format!("{MANAGER}/ledger")),
-                    ..Default::default()
-                };
-                match self.records_api.create(&pp, &record).await {
-                    Ok(written) => {
-                        self.records.wrote(&written);
-                        Ok(RecordFacts::of(&written))
-                    }
-                    Err(source) => Err(LedgerError::MarkRevoked { serial, source }),
-                }
-            }
+            Err(kube::Error::Api(e)) if e.code == 404 => match self.create(&new_record(spec)).await {
+                Ok(written) => Ok(RecordFacts::of(&written)),
+                Err(source) => Err(LedgerError::MarkRevoked { serial, source }),
+            },
             // The API server refused to change an existing revocation: someone (another
             // reconcile, the sweeper) revoked it first. It is revoked either way.
             Err(kube::Error::Api(e)) if e.code == 422 => match self.records_api.get(&serial).await {

@@ -685,6 +685,17 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Delete options that delete exactly `obj`, not a later object of the same name.
+pub(crate) fn delete_exactly<K: Resource>(obj: &K) -> kube::api::DeleteParams {
+    kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: obj.meta().uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    }
+}
+
 /// Server-side applies `status` to the status subresource of `name` under Mandate's
 /// status field manager; returns the object as written.
 pub(crate) async fn apply_status<K>(

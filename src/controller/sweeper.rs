@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
     runtime::reflector::{ObjectRef, Store},
 };
 use tokio::sync::mpsc;
@@ -240,13 +240,7 @@ impl Sweeper {
                 })
         };
         for secret in list.items.iter().filter(|s| vanished(s)) {
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: secret.uid(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
+            let dp = super::delete_exactly(secret);
             match api.delete(&secret.name_any(), &dp).await {
                 Ok(_) => info!(secret = %secret.name_any(), namespace = %r.grant_namespace,
                                "Secret of a vanished grant withdrawn"),
