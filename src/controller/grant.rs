@@ -45,7 +45,7 @@ use crate::{
         grant::{CaObs, LiveCert, Observed, Plan, PolicyObs, SecretObs, decide},
         task::{self, TaskKind, TaskState},
     },
-    pki::{self, CaState, GrantScope, LeafRequest, OffsetDateTime, ScopeTool},
+    pki::{self, CaState, LeafRequest, OffsetDateTime},
     spiffe::SpiffeId,
 };
 
@@ -354,26 +354,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             }
             let spiffe_id =
                 SpiffeId::for_agent(&ctx.trust_domain, &ns, &identity.name_any()).map_err(Error::SpiffeId)?;
-            let scope = GrantScope {
-                version: pki::SCOPE_VERSION,
-                grant_uid: grant.uid().unwrap_or_default(),
-                grant_generation: grant.metadata.generation.unwrap_or_default(),
-                grant_name: name.clone(),
-                namespace: ns.clone(),
-                task_uid: task.uid.clone(),
-                task_kind: grant.spec.task_ref.kind.clone(),
-                task_name: grant.spec.task_ref.name.clone(),
-                tools: grant
-                    .spec
-                    .tools
-                    .iter()
-                    .map(|t| ScopeTool {
-                        name: t.name.clone(),
-                        actions: t.actions.clone(),
-                        destinations: t.destinations.clone(),
-                    })
-                    .collect(),
-            };
+            let scope = crate::decide::grant::scope_for(&grant, &task.uid);
             let leaf = ca
                 .issue_leaf(
                     &LeafRequest {

@@ -218,6 +218,30 @@ fn pending(reason: &'static str, message: String) -> Plan {
     }
 }
 
+/// The scope a certificate for `grant`, bound to the task object `task_uid`, carries.
+pub fn scope_for(grant: &ToolGrant, task_uid: &str) -> crate::pki::GrantScope {
+    crate::pki::GrantScope {
+        version: crate::pki::SCOPE_VERSION,
+        grant_uid: grant.metadata.uid.clone().unwrap_or_default(),
+        grant_generation: grant.metadata.generation.unwrap_or_default(),
+        grant_name: grant.name_any(),
+        namespace: grant.metadata.namespace.clone().unwrap_or_default(),
+        task_uid: task_uid.to_string(),
+        task_kind: grant.spec.task_ref.kind.clone(),
+        task_name: grant.spec.task_ref.name.clone(),
+        tools: grant
+            .spec
+            .tools
+            .iter()
+            .map(|t| crate::pki::ScopeTool {
+                name: t.name.clone(),
+                actions: t.actions.clone(),
+                destinations: t.destinations.clone(),
+            })
+            .collect(),
+    }
+}
+
 /// Decides what to do with a grant.
 pub fn decide(o: &Observed<'_>) -> Plan {
     let grant = o.grant;
@@ -365,6 +389,12 @@ pub fn decide(o: &Observed<'_>) -> Plan {
 
     if let Err(e) = scope::validate(&grant.spec.tools) {
         return withhold(o, GrantPhase::Denied, "InvalidToolName", e.to_string());
+    }
+    // The schema bounds each list, not their product: a scope can still be too large
+    // for a certificate. That is a property of the spec, so it is a terminal answer
+    // for this generation, not an error to retry.
+    if let Err(e) = crate::pki::check_scope(&scope_for(grant, &task.uid)) {
+        return withhold(o, GrantPhase::Denied, "ScopeTooLarge", e.to_string());
     }
     let excess = scope::excess(&grant.spec.tools, &identity.spec.tools);
     if !excess.is_empty() {
@@ -677,6 +707,31 @@ mod tests {
         // A non-final revocation (a scope change) does not end the grant.
         o.records = vec![record("ab", o.now, Some(RevocationCause::ScopeChanged))];
         assert!(matches!(decide(&o), Plan::Issue { .. }));
+    }
+
+    #[test]
+    fn threat_33_a_scope_too_large_for_a_certificate_is_denied_once_not_retried() {
+        let (mut g, mut id) = (grant(), identity());
+        let actions: Vec<String> = (0..32).map(|i| format!("{i:02}{}", "a".repeat(60))).collect();
+        let tools: Vec<crate::api::ToolScope> = (0..16)
+            .map(|i| crate::api::ToolScope {
+                name: format!("tool-{i}"),
+                actions: actions.clone(),
+                destinations: vec![],
+                sensitivity: None,
+            })
+            .collect();
+        g.spec.tools = tools.clone();
+        id.spec.tools = tools;
+        match decide(&observed(&g, &id, SecretObs::Absent, PolicyObs::Allow)) {
+            Plan::Withhold {
+                phase, reason, message, ..
+            } => {
+                assert_eq!((phase, reason), (GrantPhase::Denied, "ScopeTooLarge"));
+                assert!(message.contains("fewer tools"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

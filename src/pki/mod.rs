@@ -37,7 +37,7 @@ pub use error::{CaError, PkiError};
 pub use leaf::{IssuedLeaf, LeafInfo, LeafRequest, inspect_leaf_pem, verify_signed_by};
 pub use scope::{
     GrantScope, MAX_SCOPE_JSON_BYTES, SCOPE_EXTENSION_OID, SCOPE_EXTENSION_OID_STR, SCOPE_VERSION, ScopeTool,
-    read_scope,
+    check_scope, read_scope,
 };
 pub use secret::PrivateKeyPem;
 pub use serving::ServingRequest;

@@ -87,6 +87,12 @@ pub fn read_scope(cert_der: &[u8]) -> Result<Option<GrantScope>, PkiError> {
     scope_from_certificate(&cert)
 }
 
+/// Whether `scope` can go into a certificate (its version is known and it fits), with
+/// the reason when it cannot.
+pub fn check_scope(scope: &GrantScope) -> Result<(), PkiError> {
+    encode_scope(scope).map(|_| ())
+}
+
 /// The extension's DER value (a UTF8String of the scope's JSON), after checking the scope
 /// is one we are willing to put in a certificate.
 pub(crate) fn encode_scope(scope: &GrantScope) -> Result<Vec<u8>, PkiError> {
