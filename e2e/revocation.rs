@@ -318,3 +318,78 @@ async fn threat_22_names_that_cannot_be_a_spiffe_segment_or_a_label_value_are_re
     assert!(err.to_string().contains("label value"), "{err}");
     ns.cleanup().await;
 }
+
+/// A task of a kind Mandate has no code for (a CRD with `status.conditions`, as Argo
+/// Workflows or Tekton TaskRuns have): its end revokes at once, because the kind is
+/// watched from the first grant that names it. Nothing else would look again.
+#[tokio::test]
+async fn a_generic_task_kind_is_watched_and_its_end_revokes_at_once() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let c = crate::support::client().await;
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": { "name": "agenttasks.e2e.mandate.dev" },
+        "spec": {
+            "group": "e2e.mandate.dev", "scope": "Namespaced",
+            "names": { "plural": "agenttasks", "singular": "agenttask", "kind": "AgentTask" },
+            "versions": [{ "name": "v1", "served": true, "storage": true, "subresources": { "status": {} },
+                "schema": { "openAPIV3Schema": { "type": "object", "x-kubernetes-preserve-unknown-fields": true } } }],
+        },
+    }))
+    .unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    crds.patch(
+        crd.metadata.name.as_deref().unwrap(),
+        &PatchParams::apply("mandate-e2e").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        &crds,
+        "agenttasks.e2e.mandate.dev",
+        "Established",
+        |c: &CustomResourceDefinition| {
+            c.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+        },
+    )
+    .await;
+
+    let f = Fixture::new("generic-task").await;
+    f.identity("triage").await;
+    let ar = kube::api::ApiResource {
+        group: "e2e.mandate.dev".into(),
+        version: "v1".into(),
+        api_version: "e2e.mandate.dev/v1".into(),
+        kind: "AgentTask".into(),
+        plural: "agenttasks".into(),
+    };
+    let tasks: Api<kube::api::DynamicObject> = Api::namespaced_with(c.clone(), &f.ns.name, &ar);
+    let task: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "e2e.mandate.dev/v1", "kind": "AgentTask", "metadata": { "name": "triage-run" },
+    }))
+    .unwrap();
+    tasks.create(&PostParams::default(), &task).await.unwrap();
+    f.grant(
+        "g",
+        "triage",
+        ("e2e.mandate.dev/v1", "AgentTask", "triage-run"),
+        github(),
+        None,
+    )
+    .await;
+    let serial = f.issued_serial("g").await;
+
+    let done = json!({ "status": { "conditions": [{ "type": "Complete", "status": "True", "reason": "Done" }] } });
+    tasks
+        .patch_status("triage-run", &PatchParams::default(), &Patch::Merge(&done))
+        .await
+        .unwrap();
+    let g = f.wait_phase("g", GrantPhase::Revoked).await;
+    assert_eq!(g.status.unwrap().revocation.unwrap().reason, "TaskCompleted");
+    f.wait_revoked_in_crl(&serial).await;
+    wait_deleted(&f.secrets, "g", "withdrawn when the task ended").await;
+    f.ns.cleanup().await;
+}

@@ -147,6 +147,10 @@ async fn fetch_task(ctx: &Context, grant: &ToolGrant, ns: &str) -> Result<Option
         Some(obj) => Some(obj),
         None => {
             let ar = task_resource(ctx, &r.api_version, &r.kind).await?;
+            if kind == TaskKind::Generic {
+                // Its end must reach the grant at once, as a Job's does.
+                ctx.task_watches.ensure(&ar);
+            }
             let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
             api.get_opt(&r.name).await.map_err(|source| Error::FetchTask {
                 name: r.name.clone(),
@@ -628,12 +632,6 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             }
             Ok(match requeue_at {
                 Some(t) => Action::requeue(until(now, t)),
-                // Generic task kinds are not watched; look again at them periodically.
-                None if TaskKind::of(&grant.spec.task_ref.api_version, &grant.spec.task_ref.kind)
-                    == TaskKind::Generic =>
-                {
-                    Action::requeue(Duration::from_secs(10))
-                }
                 None => Action::await_change(),
             })
         }

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod policy;
 mod slim;
 mod sweeper;
+mod task_watch;
 mod written;
 
 use std::{
@@ -189,6 +190,8 @@ pub struct Context {
     pub finished_conditions: FinishedConditions,
     /// API resources of task kinds found by discovery, by `apiVersion/kind`.
     pub task_kinds: Mutex<HashMap<String, ApiResource>>,
+    /// Watches of task kinds other than Jobs and Pods, started as grants name them.
+    pub task_watches: Arc<task_watch::TaskWatches>,
     /// Caches fed by the controllers' watches. A miss is confirmed with a GET before
     /// anything is revoked, so a cache that lags can delay but never wrongly revoke.
     pub grants: Store<ToolGrant>,
@@ -482,6 +485,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         futures::future::ready(Ok(secret))
     });
 
+    let (task_tx, mut task_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<ToolGrant>>();
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,
@@ -494,6 +498,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             types: args.task_finished_conditions.clone(),
         },
         task_kinds: Mutex::new(HashMap::new()),
+        task_watches: task_watch::TaskWatches::new(client.clone(), ns.clone(), grant_store.clone(), task_tx),
         grants: grant_store.clone(),
         identities: identity_store,
         jobs: job_store,
@@ -542,6 +547,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     );
     let s4 = ctx.grants.clone();
     let grant_controller = grant_controller
+        .reconcile_on(futures::stream::poll_fn(move |cx| task_rx.poll_recv(cx)))
         .reconcile_all_on(futures::stream::select(
             futures::stream::select(ca_changes, policy_changes),
             ledger_changes,

@@ -1,0 +1,93 @@
+//! Watches for task kinds beyond Jobs and Pods (Argo Workflows, Tekton TaskRuns, agent
+//! sandboxes, ...), started the first time a grant names the kind.
+//!
+//! Without them such a grant was only looked at again on a timer, so a finished
+//! Workflow kept a valid certificate until the next look. Each watch keeps no cache:
+//! an event of a task object only names the grants whose `taskRef` points at it, and
+//! their reconcile reads the task fresh, as the API server has it.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ApiResource, DynamicObject},
+    runtime::{
+        WatchStreamExt,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::api::ToolGrant;
+
+/// The watches started so far, and where their triggers go.
+pub struct TaskWatches {
+    client: Client,
+    namespace: Option<String>,
+    grants: Store<ToolGrant>,
+    started: Mutex<HashSet<String>>,
+    triggers: mpsc::UnboundedSender<ObjectRef<ToolGrant>>,
+}
+
+impl TaskWatches {
+    pub fn new(
+        client: Client,
+        namespace: Option<String>,
+        grants: Store<ToolGrant>,
+        triggers: mpsc::UnboundedSender<ObjectRef<ToolGrant>>,
+    ) -> Arc<Self> {
+        Arc::new(TaskWatches {
+            client,
+            namespace,
+            grants,
+            started: Mutex::new(HashSet::new()),
+            triggers,
+        })
+    }
+
+    /// Starts the watch of `ar`'s kind unless it runs already.
+    pub fn ensure(self: &Arc<Self>, ar: &ApiResource) {
+        let key = format!("{}/{}", ar.api_version, ar.kind);
+        if !self.started.lock().expect("task watch set").insert(key.clone()) {
+            return;
+        }
+        info!(kind = %key, "watching a task kind named by a grant");
+        let api: Api<DynamicObject> = match &self.namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, ar),
+            None => Api::all_with(self.client.clone(), ar),
+        };
+        let this = self.clone();
+        let ar = ar.clone();
+        tokio::spawn(async move {
+            let events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .touched_objects();
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(task) => this.trigger(&ar, &task),
+                    Err(e) => {
+                        warn!(kind = %key, error = %e, "task watch failed; retrying (does the operator may list and watch this kind?)")
+                    }
+                }
+            }
+        });
+    }
+
+    fn trigger(&self, ar: &ApiResource, task: &DynamicObject) {
+        let (ns, name) = (task.namespace(), task.name_any());
+        for g in self.grants.state().iter().filter(|g| {
+            let r = &g.spec.task_ref;
+            g.namespace() == ns && r.name == name && r.kind == ar.kind && r.api_version == ar.api_version
+        }) {
+            // The receiver lives as long as the grant controller.
+            let _ = self.triggers.send(ObjectRef::from_obj(g.as_ref()));
+        }
+    }
+}
