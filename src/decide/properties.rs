@@ -1,5 +1,5 @@
-//! Property tests of the pure decisions: scope matching, name validation, the CRL's
-//! entries and number, and the grant step, over generated inputs.
+//! Property tests of the pure decisions: scope matching, name validation and the grant
+//! step, over generated inputs (the CRL's entries and number: `controller::ledger`).
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use proptest::prelude::*;
@@ -11,7 +11,6 @@ use super::{
 };
 use crate::{
     api::{AgentIdentity, GrantPhase, RevocationCause, ToolGrant, ToolScope},
-    controller::ledger::{crl_entries, next_number},
     spiffe::SpiffeId,
     state::records::RecordFacts,
 };
@@ -115,39 +114,6 @@ proptest! {
             prop_assert!(segments.iter().all(|seg| !seg.is_empty() && seg.len() <= 63
                 && seg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')));
         }
-    }
-
-    /// The CRL lists each revoked, unexpired serial exactly once, whether it came from
-    /// the index, the request or both, and nothing else.
-    #[test]
-    fn the_crl_lists_exactly_the_revoked_unexpired_serials(index in prop::collection::vec(record(), 0..20), extra in prop::collection::vec(record(), 0..5)) {
-        let now = Timestamp::from_second(NOW).unwrap();
-        let entries = crl_entries(index.clone(), &extra, now);
-        let listed: Vec<&str> = entries.iter().map(|e| e.serial_hex.as_str()).collect();
-        let mut sorted = listed.clone();
-        sorted.sort();
-        sorted.dedup();
-        prop_assert_eq!(&listed, &sorted, "sorted and unique");
-        // A revocation is monotonic: a serial any copy says is revoked (and unexpired)
-        // is listed, whichever copy is older.
-        let revoked_live = |s: &str| index.iter().chain(&extra).any(|f| f.serial == s && f.revoked.is_some() && f.not_after > now);
-        for s in &listed {
-            prop_assert!(revoked_live(s));
-        }
-        for f in index.iter().chain(&extra) {
-            if revoked_live(&f.serial) {
-                prop_assert!(listed.contains(&f.serial.as_str()), "{} dropped", f.serial);
-            }
-        }
-    }
-
-    /// The CRL number only grows, whatever was stored (a reset, a restored backup).
-    #[test]
-    fn the_crl_number_only_grows(stored in prop::option::of(any::<u64>()), highest in any::<u64>(), secs in 0i64..4_000_000_000) {
-        let now = Timestamp::from_second(secs).unwrap();
-        let n = next_number(stored, highest, now);
-        let prev = stored.unwrap_or(0).max(highest);
-        prop_assert!(n > prev || prev == u64::MAX);
     }
 
     /// The grant step never issues when anything that must hold does not, and never
