@@ -63,7 +63,16 @@ struct Inner {
 }
 
 impl Inner {
-    fn insert(&mut self, f: RecordFacts) {
+    fn insert(&mut self, mut f: RecordFacts) {
+        // A revocation never goes away (the CRD refuses it), so an older event arriving
+        // after our own later write never un-revokes a serial here: a CRL signed in
+        // between would otherwise drop it.
+        if let Some(old) = self.by_serial.get(&f.serial)
+            && f.revoked.is_none()
+            && old.revoked.is_some()
+        {
+            f.revoked = old.revoked;
+        }
         if let Some(old) = self.by_serial.get(&f.serial)
             && old.grant_uid != f.grant_uid
         {
@@ -93,9 +102,15 @@ impl Inner {
     }
 
     fn replace(&mut self, all: HashMap<String, RecordFacts>) {
-        self.by_serial.clear();
+        let old = std::mem::take(&mut self.by_serial);
         self.by_grant.clear();
-        for (_, f) in all {
+        for (serial, mut f) in all {
+            // A list taken before our latest write still never un-revokes.
+            if f.revoked.is_none()
+                && let Some(prev) = old.get(&serial)
+            {
+                f.revoked = prev.revoked;
+            }
             self.insert(f);
         }
     }
@@ -216,6 +231,17 @@ mod tests {
         idx.on_event(&watcher::Event::InitDone);
         assert!(idx.get("aa").is_none(), "gone from the new list");
         assert_eq!(idx.for_grant("g1").len(), 1);
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        assert_eq!(idx.revoked_unexpired(now).len(), 1);
+    }
+
+    #[test]
+    fn threat_36_a_late_event_of_an_earlier_version_never_un_revokes() {
+        let idx = RecordIndex::default();
+        idx.wrote(&record("aa", "g1", true));
+        // The watch delivers the create (unrevoked) after our revoking patch.
+        idx.on_event(&watcher::Event::Apply(record("aa", "g1", false)));
+        assert!(idx.get("aa").unwrap().revoked.is_some());
         let now = Timestamp::from_second(1_800_000_000).unwrap();
         assert_eq!(idx.revoked_unexpired(now).len(), 1);
     }
