@@ -219,17 +219,21 @@ async fn faults_200_grants_through_20_kills_lose_and_double_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let cm = wait_for(&f.ns.api::<ConfigMap>(), "mandate-crl", "published", |_| true).await;
-    let (_, crl) = crl_of(&cm).expect("a readable CRL");
-    let crl: BTreeSet<String> = crl.into_iter().collect();
+    // Renewals go on while we look. Each renewal writes record, Secret, then status,
+    // so read in that order and later reads only ever know more: the certificates
+    // seen, the CRL, the records, the Secrets, then the grants.
     for w in watchers {
         w.abort();
     }
+    let seen = seen.lock().unwrap().clone();
+    let cm = wait_for(&f.ns.api::<ConfigMap>(), "mandate-crl", "published", |_| true).await;
+    let (_, crl) = crl_of(&cm).expect("a readable CRL");
+    let crl: BTreeSet<String> = crl.into_iter().collect();
+    let all_records = records.list(&Default::default()).await.unwrap().items;
 
     // Every certificate ever seen is in the CRL, expired, or live for a running task's
     // current grant generation (the Secret's, or one it superseded by renewal).
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    let seen = seen.lock().unwrap().clone();
     let secrets: BTreeMap<String, Secret> = f
         .secrets
         .list(&Default::default())
@@ -238,6 +242,15 @@ async fn faults_200_grants_through_20_kills_lose_and_double_nothing() {
         .items
         .into_iter()
         .map(|s| (s.name_any(), s))
+        .collect();
+    let by_uid: BTreeMap<String, ToolGrant> = f
+        .grants
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|g| (g.uid().unwrap(), g))
         .collect();
     let mut live_per_generation: BTreeMap<(String, i64), Vec<String>> = BTreeMap::new();
     let (mut listed, mut expired, mut live) = (0, 0, 0);
@@ -290,7 +303,7 @@ async fn faults_200_grants_through_20_kills_lose_and_double_nothing() {
         );
     }
     // Every unrevoked record is a running grant's current or superseded certificate.
-    for r in records.list(&Default::default()).await.unwrap().items {
+    for r in all_records {
         if r.spec.revocation.is_some() || r.spec.not_after.0.as_second() <= now {
             continue;
         }
