@@ -727,17 +727,7 @@ mod tests {
     use crate::pki::CertificateAuthority;
 
     fn facts(serial: &str, not_after: i64, revoked: Option<i64>) -> RecordFacts {
-        RecordFacts {
-            serial: serial.into(),
-            not_after: Timestamp::from_second(not_after).unwrap(),
-            grant_namespace: "ns".into(),
-            grant_name: "g".into(),
-            grant_uid: "u".into(),
-            generation: 1,
-            task_uid: "t".into(),
-            revoked: revoked.map(|t| (Timestamp::from_second(t).unwrap(), RevocationCause::TaskCompleted)),
-            deleting: false,
-        }
+        RecordFacts::sample(serial, not_after, revoked)
     }
 
     #[test]

@@ -331,15 +331,8 @@ mod tests {
 
     fn facts(not_after: i64, revoked: bool, deleting: bool) -> RecordFacts {
         RecordFacts {
-            serial: "aa".into(),
-            not_after: Timestamp::from_second(not_after).unwrap(),
-            grant_namespace: "ns".into(),
-            grant_name: "g".into(),
-            grant_uid: "u".into(),
-            generation: 1,
-            task_uid: "t".into(),
-            revoked: revoked.then(|| (Timestamp::from_second(1).unwrap(), RevocationCause::TaskCompleted)),
             deleting,
+            ..RecordFacts::sample("aa", not_after, revoked.then_some(1))
         }
     }
 

@@ -10,7 +10,7 @@ use super::{
     task::{Outcome, TaskState},
 };
 use crate::{
-    api::{AgentIdentity, GrantPhase, RevocationCause, ToolGrant, ToolScope},
+    api::{AgentIdentity, GrantPhase, ToolGrant, ToolScope},
     spiffe::SpiffeId,
     state::records::RecordFacts,
 };
@@ -43,23 +43,9 @@ fn tools() -> impl Strategy<Value = Vec<ToolScope>> {
     })
 }
 
-fn facts(serial: String, not_after: i64, revoked: Option<i64>) -> RecordFacts {
-    RecordFacts {
-        serial,
-        not_after: Timestamp::from_second(not_after).unwrap(),
-        grant_namespace: "ns".into(),
-        grant_name: "g".into(),
-        grant_uid: "g-uid".into(),
-        generation: 1,
-        task_uid: "t-uid".into(),
-        revoked: revoked.map(|t| (Timestamp::from_second(t).unwrap(), RevocationCause::TaskCompleted)),
-        deleting: false,
-    }
-}
-
 fn record() -> impl Strategy<Value = RecordFacts> {
     ("[0-9a-f]{2,4}", NOW - 100..NOW + 100, prop::option::of(NOW - 200..NOW))
-        .prop_map(|(s, not_after, revoked)| facts(s, not_after, revoked))
+        .prop_map(|(s, not_after, revoked)| RecordFacts::sample(&s, not_after, revoked))
 }
 
 proptest! {

@@ -34,6 +34,23 @@ pub struct RecordFacts {
 }
 
 impl RecordFacts {
+    /// A record of grant `g` (UID `g-uid`, namespace `ns`, generation 1, task `t-uid`),
+    /// revoked at `revoked` (seconds) as TaskCompleted if given; for tests.
+    #[cfg(test)]
+    pub fn sample(serial: &str, not_after: i64, revoked: Option<i64>) -> RecordFacts {
+        RecordFacts {
+            serial: serial.into(),
+            not_after: Timestamp::from_second(not_after).unwrap(),
+            grant_namespace: "ns".into(),
+            grant_name: "g".into(),
+            grant_uid: "g-uid".into(),
+            generation: 1,
+            task_uid: "t-uid".into(),
+            revoked: revoked.map(|t| (Timestamp::from_second(t).unwrap(), RevocationCause::TaskCompleted)),
+            deleting: false,
+        }
+    }
+
     pub fn of(r: &CertificateRecord) -> RecordFacts {
         RecordFacts {
             serial: r.spec.serial_number.clone(),
