@@ -155,13 +155,22 @@ impl Fixture {
 pub(crate) fn crl_of(cm: &ConfigMap) -> Option<(u64, Vec<String>)> {
     let data = cm.data.as_ref()?;
     let der = ::pem::parse(data.get("crl.pem")?).ok()?.into_contents();
-    let (_, crl) = parse_x509_crl(&der).ok()?;
-    let number = crl.crl_number()?.to_u64_digits().first().copied().unwrap_or(0);
+    let (number, serials) = crl_der(&der)?;
     assert_eq!(
         data.get("crlNumber").map(String::as_str),
         Some(number.to_string().as_str()),
         "crlNumber disagrees with the signed CRL"
     );
+    Some((number, serials))
+}
+
+/// The CRL number and serials of a DER CRL; `None` if it does not parse.
+pub(crate) fn crl_der(der: &[u8]) -> Option<(u64, Vec<String>)> {
+    let (rest, crl) = parse_x509_crl(der).ok()?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let number = crl.crl_number()?.to_u64_digits().first().copied().unwrap_or(0);
     let serials = crl
         .iter_revoked_certificates()
         .map(|r| r.raw_serial_as_string().replace(':', ""))

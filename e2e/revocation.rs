@@ -12,7 +12,7 @@ use mandate::api::{CertificateRecord, GrantPhase, RevocationCause, ToolGrant};
 use serde_json::json;
 
 use crate::{
-    grants::{Fixture, crl_of, github},
+    grants::{Fixture, crl_der, crl_of, github},
     support::{
         kubelet::{self, Outcome},
         wait::wait_deleted,
@@ -392,4 +392,182 @@ async fn a_generic_task_kind_is_watched_and_its_end_revokes_at_once() {
     f.wait_revoked_in_crl(&serial).await;
     wait_deleted(&f.secrets, "g", "withdrawn when the task ended").await;
     f.ns.cleanup().await;
+}
+
+/// The CRL the operator serves (`GET /v1/crl`), once it lists every one of `serials`.
+async fn wait_served_listing(f: &Fixture, serials: &[String]) -> (u64, Vec<u8>) {
+    let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        let (status, body) = f.op.get("/v1/crl").await;
+        match crl_der(&body) {
+            Some((number, listed)) if status == 200 && serials.iter().all(|s| listed.contains(s)) => {
+                return (number, body);
+            }
+            Some((_, listed)) => last = format!("HTTP {status}, {} of {} listed", listed.len(), serials.len()),
+            None => last = format!("HTTP {status}: {}", String::from_utf8_lossy(&body)),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the served CRL never listed all {} serials: {last}", serials.len());
+}
+
+/// The CRL's part ConfigMaps (every object labelled for `mandate-crl` but itself).
+async fn crl_parts(cms: &Api<ConfigMap>) -> Vec<ConfigMap> {
+    let lp = kube::api::ListParams::default().labels("mandate.dev/crl=mandate-crl");
+    let mut parts: Vec<ConfigMap> = cms
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|c| c.name_any() != "mandate-crl")
+        .collect();
+    parts.sort_by_key(|c| {
+        c.name_any()
+            .rsplit('-')
+            .next()
+            .and_then(|i| i.parse::<usize>().ok())
+            .unwrap_or(0)
+    });
+    parts
+}
+
+/// Checks `der`'s signature with a real relying party's tool: `openssl crl -CAfile`.
+fn openssl_verifies(der: &[u8], ca_pem: &[u8], dir: &std::path::Path) -> bool {
+    std::fs::create_dir_all(dir).unwrap();
+    let (crl, ca) = (dir.join("crl.der"), dir.join("ca.pem"));
+    std::fs::write(&crl, der).unwrap();
+    std::fs::write(&ca, ca_pem).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-in"])
+        .arg(&crl)
+        .arg("-CAfile")
+        .arg(&ca)
+        .output()
+        .expect("openssl runs");
+    out.status.success() && String::from_utf8_lossy(&out.stderr).contains("verify OK")
+}
+
+#[tokio::test]
+async fn threat_39_a_crl_larger_than_a_configmap_is_split_stored_and_served_as_one_signed_list() {
+    // Parts of 1 KiB, so forty revocations need several (the default, 768 KiB, needs
+    // about 15,000 revocations per part).
+    let f = Fixture::with_flags("crl-split", &["--crl-part-bytes=1024"]).await;
+    f.identity("triage").await;
+    f.job("work", None).await;
+    f.job("later", None).await;
+    let names: Vec<String> = (0..40).map(|i| format!("g{i}")).collect();
+    for n in &names {
+        f.grant(n, "triage", job_task("work"), github(), None).await;
+    }
+    let mut serials = vec![];
+    for n in &names {
+        serials.push(f.issued_serial(n).await);
+    }
+    let ca_pem = f.secrets.get("g0").await.unwrap().data.unwrap()["ca.crt"].0.clone();
+    f.jobs
+        .delete("work", &DeleteParams::background())
+        .await
+        .expect("task deleted");
+    let (number, der) = wait_served_listing(&f, &serials).await;
+
+    // Stored in parts the CRL ConfigMap names; together they are exactly what is served.
+    let cms: Api<ConfigMap> = f.ns.api();
+    let head = cms.get("mandate-crl").await.unwrap();
+    let data = head.data.clone().unwrap();
+    assert!(!data.contains_key("crl.pem"), "a split CRL has no inline copy");
+    assert_eq!(data["crlNumber"], number.to_string());
+    let count: usize = data["parts"].parse().unwrap();
+    assert!(count >= 2, "{count} parts");
+    let parts = wait_for_parts(&cms, number, count).await;
+    let mut joined = vec![];
+    for p in &parts {
+        assert_eq!(p.immutable, Some(true));
+        let bytes = &p.binary_data.as_ref().unwrap()["crl.der.part"].0;
+        assert!(bytes.len() <= 1024, "a part is larger than --crl-part-bytes");
+        joined.extend_from_slice(bytes);
+    }
+    assert_eq!(joined, der, "the parts are not the served CRL");
+    let dir = crate::support::repo_root().join("target/e2e-logs").join(&f.ns.name);
+    assert!(
+        openssl_verifies(&der, &ca_pem, &dir),
+        "openssl does not verify the served CRL"
+    );
+    let (status, pem_body) = f.op.get("/v1/crl.pem").await;
+    assert_eq!(status, 200);
+    assert_eq!(::pem::parse(&pem_body).unwrap().into_contents(), der);
+
+    // One part deleted: nothing is served rather than a shorter list, and issuance stops
+    // (the writer's failure metric says when it has seen the damage).
+    cms.delete(&parts[0].name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_metric(&f, "mandate_crl_publish_failures_total{reason=\"CrlUnreadable\"}").await;
+    f.grant("held", "triage", job_task("later"), github(), None).await;
+    wait_for(&f.grants, "held", "held: CrlUnreadable", |g: &ToolGrant| {
+        ready_reason(g).as_deref() == Some("CrlUnreadable")
+    })
+    .await;
+    let (status, body) = f.op.get("/v1/crl").await;
+    assert_eq!(status, 503, "a damaged CRL was served");
+    assert!(String::from_utf8_lossy(&body).contains("is missing"));
+
+    // A deliberate reset (an empty CRL ConfigMap) rebuilds it from the record: every
+    // serial is still listed, under a higher number, and issuance resumes.
+    cms.replace(
+        "mandate-crl",
+        &PostParams::default(),
+        &serde_json::from_value(json!({ "metadata": {
+            "name": "mandate-crl", "resourceVersion": cms.get("mandate-crl").await.unwrap().resource_version(),
+        }}))
+        .unwrap(),
+    )
+    .await
+    .expect("CRL ConfigMap reset");
+    let (after, der) = wait_served_listing(&f, &serials).await;
+    assert!(after > number, "the CRL number went from {number} to {after}");
+    assert!(openssl_verifies(&der, &ca_pem, &dir));
+    f.wait_phase("held", GrantPhase::Issued).await;
+    f.ns.cleanup().await;
+}
+
+/// Waits until exactly the `count` parts of CRL `number` are stored (older ones are
+/// deleted after the CRL ConfigMap stops naming them).
+async fn wait_for_parts(cms: &Api<ConfigMap>, number: u64, count: usize) -> Vec<ConfigMap> {
+    let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
+    loop {
+        let parts = crl_parts(cms).await;
+        let names: Vec<String> = parts.iter().map(|p| p.name_any()).collect();
+        let want: Vec<String> = (0..count).map(|i| format!("mandate-crl-{number}-{i}")).collect();
+        if names == want {
+            return parts;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "parts stored: {names:?}, want {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the operator's `/metrics` has the sample `series` with a value above 0.
+async fn wait_metric(f: &Fixture, series: &str) {
+    let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
+    loop {
+        let (_, body) = f.op.get("/metrics").await;
+        let text = String::from_utf8_lossy(&body);
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if value.is_some_and(|v| v > 0.0) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never rose above 0:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

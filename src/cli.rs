@@ -99,7 +99,16 @@ pub struct RunArgs {
     #[arg(long, env = "MANDATE_GRANT_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub grant_concurrency: u16,
 
-    /// Address of the plain-HTTP `/metrics` and `/healthz` endpoints.
+    /// Largest CRL (PEM, bytes) kept inline in the `mandate-crl` ConfigMap, and the size
+    /// of each part (DER) of a larger one, which is split over immutable ConfigMaps
+    /// `mandate-crl-<number>-<index>` (docs/design.md, "The CRL"). The API server
+    /// refuses ConfigMaps over 1 MiB.
+    #[arg(long, env = "MANDATE_CRL_PART_BYTES", default_value_t = crate::state::crl::DEFAULT_PART_BYTES,
+          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u32).range(1024..=900 * 1024), |v| v as usize))]
+    pub crl_part_bytes: usize,
+
+    /// Address of the plain-HTTP `/metrics` and `/healthz` endpoints, and of the
+    /// published CRL (`/v1/crl`, DER; `/v1/crl.pem`).
     #[arg(long, env = "MANDATE_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     pub metrics_listen: std::net::SocketAddr,
 

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod conditions;
 pub mod controller;
 pub mod decide;
+pub mod decision;
 pub mod metrics;
 pub mod pki;
 pub mod policy;

@@ -16,6 +16,8 @@ pub struct Operator {
     args: Vec<String>,
     /// The loopback port its admission webhook serves on.
     pub webhook_port: u16,
+    /// The loopback port of its `/metrics` and `/v1/crl`.
+    pub metrics_port: u16,
     /// Whom it runs as.
     kubeconfig: PathBuf,
 }
@@ -35,16 +37,17 @@ impl Operator {
     /// impersonating the ServiceAccount the install manifest creates).
     pub async fn start_as(namespace: &str, extra: &[&str], kubeconfig: PathBuf) -> Operator {
         let port = free_port();
+        let metrics_port = free_port();
         let mut args = vec![
             "run".to_string(),
             format!("--watch-namespace={namespace}"),
             format!("--webhook-listen=127.0.0.1:{port}"),
             format!("--webhook-url=https://127.0.0.1:{port}"),
             format!("--webhook-configuration-name=mandate-{namespace}"),
-            "--metrics-listen=127.0.0.1:0".to_string(),
+            format!("--metrics-listen=127.0.0.1:{metrics_port}"),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let op = Self::spawn(namespace, args, 0, port, kubeconfig);
+        let op = Self::spawn(namespace, args, 0, port, metrics_port, kubeconfig);
         op.wait_webhook(namespace).await;
         op
     }
@@ -96,7 +99,14 @@ impl Operator {
         );
     }
 
-    fn spawn(namespace: &str, args: Vec<String>, n: u32, webhook_port: u16, kubeconfig: PathBuf) -> Operator {
+    fn spawn(
+        namespace: &str,
+        args: Vec<String>,
+        n: u32,
+        webhook_port: u16,
+        metrics_port: u16,
+        kubeconfig: PathBuf,
+    ) -> Operator {
         let dir = super::repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{namespace}-operator-{n}.log"));
@@ -120,6 +130,7 @@ impl Operator {
             log,
             args,
             webhook_port,
+            metrics_port,
             kubeconfig,
         }
     }
@@ -145,9 +156,24 @@ impl Operator {
             self.args.clone(),
             n,
             self.webhook_port,
+            self.metrics_port,
             self.kubeconfig.clone(),
         );
         self.wait_webhook(namespace).await;
+    }
+
+    /// `GET path` on its metrics listener: the status and the body.
+    pub async fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        use http_body_util::{BodyExt, Empty};
+        use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+        let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let uri: hyper::Uri = format!("http://127.0.0.1:{}{path}", self.metrics_port)
+            .parse()
+            .expect("a URI");
+        let resp = client.get(uri).await.expect("the operator answers over HTTP");
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.expect("a whole body").to_bytes();
+        (status, body.to_vec())
     }
 
     /// Process id, for reading its memory use from /proc.

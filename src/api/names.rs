@@ -33,3 +33,12 @@ pub const CRL_KEY: &str = "crl.pem";
 pub const CRL_NUMBER_KEY: &str = "crlNumber";
 /// Name of the ConfigMap holding the trust bundle, in every namespace with an identity.
 pub const TRUST_BUNDLE_CONFIGMAP: &str = "mandate-trust-bundle";
+/// Label on the CRL ConfigMap and on each of its parts: the CRL ConfigMap's name. The
+/// served CRL is assembled from the objects with this label alone.
+pub const LABEL_CRL: &str = "mandate.dev/crl";
+/// Key, in a CRL split over several ConfigMaps, of the number of parts.
+pub const CRL_PARTS_KEY: &str = "parts";
+/// Key, in a CRL split over several ConfigMaps, of the SHA-256 (hex) of the whole DER.
+pub const CRL_SHA256_KEY: &str = "sha256";
+/// Key of one part's DER bytes (`binaryData`) in a CRL part ConfigMap.
+pub const CRL_PART_KEY: &str = "crl.der.part";

@@ -23,13 +23,14 @@ use std::{collections::BTreeMap, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{
+    ByteString,
     api::core::v1::ConfigMap,
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::{SignedDuration, Timestamp},
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use serde::Deserialize;
@@ -40,12 +41,13 @@ use crate::{
     api::{
         CertificateRecord, CertificateRecordSpec, RecordedGrant, RecordedRevocation, RecordedTask, RevocationCause,
         names::{
-            CRL_KEY, CRL_NUMBER_KEY, LABEL_GRANT, LABEL_GRANT_NAMESPACE, LABEL_GRANT_UID, MANAGED_BY, MANAGER,
-            RECORD_FINALIZER,
+            CRL_KEY, CRL_NUMBER_KEY, CRL_PART_KEY, CRL_PARTS_KEY, CRL_SHA256_KEY, LABEL_CRL, LABEL_GRANT,
+            LABEL_GRANT_NAMESPACE, LABEL_GRANT_UID, MANAGED_BY, MANAGER, RECORD_FINALIZER,
         },
     },
-    pki::{CaState, CrlEntry, CrlRequest, OffsetDateTime, RevocationReason, inspect_crl_pem},
+    pki::{CaState, CrlEntry, CrlRequest, OffsetDateTime, RevocationReason},
     state::{
+        crl::{Head, Layout, MAX_PARTS, Served, assemble, layout, parse_head, part_name},
         ready::Ready,
         records::{RecordFacts, RecordIndex},
     },
@@ -55,8 +57,6 @@ use crate::{
 const LEGACY_LEDGER_KEY: &str = "revoked.json";
 /// Most revocations folded into one CRL write; bounds the time one write takes.
 const MAX_BATCH: usize = 1000;
-/// A ConfigMap holds at most 1 MiB in all; leave room for the rest of the object.
-const MAX_CRL_BYTES: usize = 1024 * 1024 - 16 * 1024;
 /// Retries of a failed CRL write back off from this to [`RETRY_MAX`].
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -96,8 +96,14 @@ pub enum LedgerError {
          restore it from a backup, or create an empty ConfigMap of that name to rebuild the CRL from the records"
     )]
     CrlMissing { name: String, records: usize },
-    #[error("the CRL would hold {bytes} bytes, more than a ConfigMap can ({max})")]
-    CrlTooLarge { bytes: usize, max: usize },
+    #[error("the CRL would hold {bytes} bytes, more than {MAX_PARTS} parts of {part_bytes} bytes")]
+    CrlTooLarge { bytes: usize, part_bytes: usize },
+    #[error("failed to write CRL part {name}: {source}")]
+    WritePart {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("failed to sign the CRL: {0}")]
     Sign(#[source] crate::pki::PkiError),
     #[error("failed to write ConfigMap {name}: {source}")]
@@ -126,6 +132,7 @@ impl LedgerError {
             LedgerError::CrlTooLarge { .. } => "CrlTooLarge",
             LedgerError::Sign(_) => "SignCrlFailed",
             LedgerError::WriteCrl { .. } => "WriteCrlFailed",
+            LedgerError::WritePart { .. } => "WriteCrlFailed",
             LedgerError::Conflicts { .. } => "WriteCrlFailed",
             LedgerError::Stopped => "LedgerStopped",
         }
@@ -189,7 +196,11 @@ pub struct LedgerConfig {
     /// The CA's namespace: the records and the CRL ConfigMap live there.
     pub namespace: String,
     pub crl_name: String,
+    /// Largest CRL stored inline, and the size of each part of a larger one.
+    pub part_bytes: usize,
     pub validity: Duration,
+    /// The stored CRL as the served watch assembles it: damage to a part is seen there.
+    pub served: watch::Receiver<Served>,
     pub ca: watch::Receiver<CaState>,
     pub records: RecordIndex,
     pub records_ready: Ready,
@@ -379,10 +390,9 @@ fn to_offset(t: Timestamp) -> OffsetDateTime {
 }
 
 /// The CRL ConfigMap as read, checked.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Stored {
-    /// The last CRL number; `None` for a ConfigMap created empty (a deliberate reset).
-    pub number: Option<u64>,
+    pub head: Head,
     /// Entries of an earlier version's ledger still to be turned into records.
     pub legacy: Vec<LegacyEntry>,
 }
@@ -398,35 +408,24 @@ pub struct LegacyEntry {
     pub grant: String,
 }
 
-/// Reads the CRL ConfigMap's data strictly: anything present must parse, and the CRL's
-/// own number must agree with `crlNumber`. An empty ConfigMap is a deliberate reset.
+/// Reads the CRL ConfigMap's data strictly (see [`parse_head`]), with the ledger an
+/// earlier version kept beside it. An empty ConfigMap is a deliberate reset.
 pub fn parse_stored(data: &BTreeMap<String, String>) -> Result<Stored, String> {
-    if data.is_empty() {
-        return Ok(Stored::default());
-    }
-    let number = data
-        .get(CRL_NUMBER_KEY)
-        .ok_or_else(|| format!("{CRL_NUMBER_KEY} is missing"))?;
-    let number: u64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{CRL_NUMBER_KEY} {number:?} is not a number"))?;
-    let pem = data.get(CRL_KEY).ok_or_else(|| format!("{CRL_KEY} is missing"))?;
-    let info = inspect_crl_pem(pem).map_err(|e| format!("{CRL_KEY}: {e}"))?;
-    if info.crl_number != Some(number) {
-        return Err(format!(
-            "{CRL_KEY} carries CRL number {:?} but {CRL_NUMBER_KEY} says {number}",
-            info.crl_number
-        ));
-    }
+    let head = parse_head(data)?;
     let legacy = match data.get(LEGACY_LEDGER_KEY) {
         None => vec![],
         Some(text) => serde_json::from_str(text).map_err(|e| format!("{LEGACY_LEDGER_KEY} does not parse: {e}"))?,
     };
-    Ok(Stored {
-        number: Some(number),
-        legacy,
-    })
+    Ok(Stored { head, legacy })
+}
+
+/// Labels of the CRL ConfigMap and its parts: the served watch selects on them.
+fn crl_labels(crl_name: &str) -> BTreeMap<String, String> {
+    [
+        ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
+        (LABEL_CRL.to_string(), crl_name.to_string()),
+    ]
+    .into()
 }
 
 /// The next CRL number: the signing time in milliseconds, or one more than the highest
@@ -463,9 +462,10 @@ struct Writer {
     ours: std::collections::VecDeque<String>,
     records_api: Api<CertificateRecord>,
     cfg: LedgerConfig,
-    /// The ConfigMap as our last write left it; its resourceVersion guards the next
-    /// write, so anyone else's write in between conflicts and is read fresh.
-    last: Option<ConfigMap>,
+    /// The ConfigMap as our last write left it, and what it says; its resourceVersion
+    /// guards the next write, so anyone else's write in between conflicts and is read
+    /// fresh.
+    last: Option<(ConfigMap, Stored)>,
     highest: u64,
 }
 
@@ -476,6 +476,7 @@ async fn run(cfg: LedgerConfig, mut rx: mpsc::Receiver<Request>, health: watch::
         return;
     }
     let mut ca = cfg.ca.clone();
+    let mut served = cfg.served.clone();
     // The CRL ConfigMap is watched: a change by anyone else (a corruption, a restored
     // backup, a deletion) is checked at once, so issuance stops the moment it becomes
     // unusable, and resumes (with a CRL re-signed from the record) once it is fixed.
@@ -507,6 +508,15 @@ async fn run(cfg: LedgerConfig, mut rx: mpsc::Receiver<Request>, health: watch::
             // A CA that comes back (or changes) signs what waited for it at once.
             changed = ca.changed() => if changed.is_err() { return },
             () = backoff, if retry.is_some() => {}
+            // A part of the CRL damaged or deleted by someone else: read everything
+            // fresh, which stops issuance until it is fixed (as for the ConfigMap itself).
+            changed = served.changed() => {
+                if changed.is_err() { return }
+                if !matches!(&*served.borrow_and_update(), Served::Damaged { .. }) {
+                    continue;
+                }
+                w.last = None;
+            }
             event = crl_watch.next() => match event {
                 Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
                     if cm.resource_version().is_some_and(|rv| w.ours.contains(&rv)) {
@@ -570,70 +580,69 @@ impl Writer {
     async fn write(&mut self, extra: &[RecordFacts]) -> Result<u64, LedgerError> {
         const ATTEMPTS: usize = 10;
         let name = self.cfg.crl_name.clone();
+        let started = std::time::Instant::now();
         for _ in 0..ATTEMPTS {
             let ca = match self.cfg.ca.borrow().clone() {
                 CaState::Ready(ca) => ca,
                 CaState::Unavailable { reason, message } => return Err(LedgerError::CaUnavailable { reason, message }),
             };
-            let current = match self.last.take() {
-                Some(ours) => Some(ours),
-                None => self.api.get_opt(&name).await.map_err(|source| LedgerError::ReadCrl {
-                    name: name.clone(),
-                    source,
-                })?,
-            };
-            let stored = match &current {
-                Some(cm) => {
-                    parse_stored(&cm.data.clone().unwrap_or_default()).map_err(|detail| LedgerError::CrlUnreadable {
-                        name: name.clone(),
-                        detail,
-                    })?
-                }
-                None if !self.cfg.records.is_empty() => {
-                    return Err(LedgerError::CrlMissing {
-                        name: name.clone(),
-                        records: self.cfg.records.len(),
-                    });
-                }
-                None => Stored::default(),
+            let (current, stored) = match self.last.take() {
+                Some(ours) => (Some(ours.0), ours.1),
+                None => self.read_fresh().await?,
             };
             if !stored.legacy.is_empty() {
                 self.migrate(&stored.legacy).await?;
             }
             let now = Timestamp::now();
-            let number = next_number(stored.number, self.highest, now);
+            let number = next_number(stored.head.number(), self.highest, now);
             let entries = crl_entries(self.cfg.records.revoked_unexpired(now), extra, now);
             let count = entries.len();
             let next_update = now + SignedDuration::try_from(self.cfg.validity).unwrap_or_default();
-            let pem = ca
-                .sign_crl(&CrlRequest {
+            let der = ca
+                .sign_crl_der(&CrlRequest {
                     crl_number: number,
                     this_update: to_offset(now),
                     next_update: to_offset(next_update),
                     entries,
                 })
                 .map_err(LedgerError::Sign)?;
-            if pem.len() > MAX_CRL_BYTES {
-                return Err(LedgerError::CrlTooLarge {
-                    bytes: pem.len(),
-                    max: MAX_CRL_BYTES,
-                });
-            }
+            let part_bytes = self.cfg.part_bytes;
+            let laid = layout(&der, part_bytes).ok_or(LedgerError::CrlTooLarge {
+                bytes: der.len(),
+                part_bytes,
+            })?;
+            // Parts first: the CRL ConfigMap names them only once they all exist.
+            let mut data: BTreeMap<String, String> = [(CRL_NUMBER_KEY.to_string(), number.to_string())].into();
+            let head = match &laid {
+                Layout::Inline { pem } => {
+                    data.insert(CRL_KEY.into(), pem.clone());
+                    Head::Inline {
+                        number,
+                        der: der.clone(),
+                    }
+                }
+                Layout::Split { parts, sha256 } => {
+                    for (i, part) in parts.iter().enumerate() {
+                        self.create_part(number, i, part).await?;
+                    }
+                    data.insert(CRL_PARTS_KEY.into(), parts.len().to_string());
+                    data.insert(CRL_SHA256_KEY.into(), sha256.clone());
+                    Head::Split {
+                        number,
+                        parts: parts.len(),
+                        sha256: sha256.clone(),
+                    }
+                }
+            };
             let cm = ConfigMap {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
                     namespace: Some(self.cfg.namespace.clone()),
                     resource_version: current.as_ref().and_then(|c| c.resource_version()),
-                    labels: Some([("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string())].into()),
+                    labels: Some(crl_labels(&name)),
                     ..Default::default()
                 },
-                data: Some(
-                    [
-                        (CRL_KEY.to_string(), pem),
-                        (CRL_NUMBER_KEY.to_string(), number.to_string()),
-                    ]
-                    .into(),
-                ),
+                data: Some(data),
                 ..Default::default()
             };
             let res = match current {
@@ -648,21 +657,29 @@ impl Writer {
                         }
                         self.ours.push_back(rv);
                     }
-                    self.last = Some(written);
+                    let keep = head.part_names(&name);
+                    self.last = Some((written, Stored { head, legacy: vec![] }));
                     self.highest = number;
+                    self.delete_stale_parts(&keep).await;
+                    self.cfg
+                        .metrics
+                        .crl_published(count, der.len(), keep.len().max(1), started.elapsed());
                     if extra.is_empty() {
-                        debug!(crl_number = number, entries = count, "CRL re-signed");
+                        debug!(crl_number = number, entries = count, bytes = der.len(), "CRL re-signed");
                     } else {
                         info!(
                             crl_number = number,
                             added = extra.len(),
                             entries = count,
+                            bytes = der.len(),
+                            parts = keep.len().max(1),
                             "CRL published"
                         );
                     }
                     return Ok(number);
                 }
-                // Someone else wrote in between: read again and check again.
+                // Someone else wrote in between: read again and check again (the parts
+                // just written are named by nothing, and go with the next write).
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,
                 Err(source) => return Err(LedgerError::WriteCrl { name, source }),
             }
@@ -671,6 +688,115 @@ impl Writer {
             name,
             attempts: ATTEMPTS,
         })
+    }
+
+    /// Reads the CRL ConfigMap and, for a split CRL, every part it names, strictly.
+    async fn read_fresh(&self) -> Result<(Option<ConfigMap>, Stored), LedgerError> {
+        let name = &self.cfg.crl_name;
+        let unreadable = |detail| LedgerError::CrlUnreadable {
+            name: name.clone(),
+            detail,
+        };
+        let read = |source| LedgerError::ReadCrl {
+            name: name.clone(),
+            source,
+        };
+        let Some(cm) = self.api.get_opt(name).await.map_err(read)? else {
+            if !self.cfg.records.is_empty() {
+                return Err(LedgerError::CrlMissing {
+                    name: name.clone(),
+                    records: self.cfg.records.len(),
+                });
+            }
+            return Ok((
+                None,
+                Stored {
+                    head: Head::Reset,
+                    legacy: vec![],
+                },
+            ));
+        };
+        let stored = parse_stored(&cm.data.clone().unwrap_or_default()).map_err(unreadable)?;
+        let mut parts = BTreeMap::new();
+        for part in stored.head.part_names(name) {
+            let bytes = self
+                .api
+                .get_opt(&part)
+                .await
+                .map_err(read)?
+                .and_then(|p| p.binary_data.and_then(|mut b| b.remove(CRL_PART_KEY)))
+                .map(|b| b.0);
+            if let Some(bytes) = bytes {
+                parts.insert(part, bytes);
+            }
+        }
+        assemble(name, &stored.head, |n| parts.get(n).map(Vec::as_slice)).map_err(unreadable)?;
+        Ok((Some(cm), stored))
+    }
+
+    /// Creates one immutable part ConfigMap. One that exists already is ours from an
+    /// attempt that failed later; it is taken only if it holds the same bytes.
+    async fn create_part(&self, number: u64, index: usize, bytes: &[u8]) -> Result<(), LedgerError> {
+        let name = part_name(&self.cfg.crl_name, number, index);
+        let part = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(self.cfg.namespace.clone()),
+                labels: Some(crl_labels(&self.cfg.crl_name)),
+                ..Default::default()
+            },
+            binary_data: Some([(CRL_PART_KEY.to_string(), ByteString(bytes.to_vec()))].into()),
+            immutable: Some(true),
+            ..Default::default()
+        };
+        match self.api.create(&PostParams::default(), &part).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let existing = self.api.get(&name).await.map_err(|source| LedgerError::WritePart {
+                    name: name.clone(),
+                    source,
+                })?;
+                if existing
+                    .binary_data
+                    .as_ref()
+                    .and_then(|b| b.get(CRL_PART_KEY))
+                    .map(|b| &b.0[..])
+                    == Some(bytes)
+                {
+                    Ok(())
+                } else {
+                    Err(LedgerError::WritePart {
+                        name,
+                        source: kube::Error::Api(e),
+                    })
+                }
+            }
+            Err(source) => Err(LedgerError::WritePart { name, source }),
+        }
+    }
+
+    /// Deletes the parts no CRL names any more. A failure only leaves them for the next
+    /// write: the CRL that is named is whole either way.
+    async fn delete_stale_parts(&self, keep: &[String]) {
+        let lp = ListParams::default().labels(&format!("{LABEL_CRL}={}", self.cfg.crl_name));
+        let listed = match self.api.list_metadata(&lp).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "failed to list CRL parts; stale parts stay until the next write");
+                return;
+            }
+        };
+        for part in listed.items {
+            let name = part.name_any();
+            if name == self.cfg.crl_name || keep.contains(&name) {
+                continue;
+            }
+            match self.api.delete(&name, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => warn!(error = %e, part = %name, "failed to delete a stale CRL part"),
+            }
+        }
     }
 
     /// Turns an earlier version's ledger entries into revoked records, so upgrading
@@ -789,9 +915,9 @@ mod tests {
     #[test]
     fn threat_36_a_damaged_crl_configmap_is_an_error_never_empty() {
         let good = stored_crl(7);
-        assert_eq!(parse_stored(&good).unwrap().number, Some(7));
+        assert_eq!(parse_stored(&good).unwrap().head.number(), Some(7));
         assert_eq!(
-            parse_stored(&BTreeMap::new()).unwrap().number,
+            parse_stored(&BTreeMap::new()).unwrap().head.number(),
             None,
             "created empty: a reset"
         );

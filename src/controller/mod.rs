@@ -334,9 +334,18 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .map_err(RunError::Webhook)?;
     tokio::spawn(webhook);
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let metrics_server = crate::metrics::serve(args.metrics_listen, metrics.clone())
-        .await
-        .map_err(RunError::Metrics)?;
+    // The published CRL, assembled from the ConfigMaps that store it, served on every
+    // replica and watched by the CRL writer for damage.
+    let (served_crl, served_crl_watch) =
+        crate::state::crl::watch_served(client.clone(), &args.ca_secret_namespace, CRL_CONFIGMAP);
+    tokio::spawn(served_crl_watch);
+    let metrics_server = crate::metrics::serve(
+        args.metrics_listen,
+        metrics.clone(),
+        crate::decision::crl::routes(served_crl.clone()),
+    )
+    .await
+    .map_err(RunError::Metrics)?;
     tokio::spawn(metrics_server);
     // The revocation record: one watch on the CertificateRecords in the CA's namespace
     // feeds the index that the grant reconciles, the CRL writer and the sweeper read.
@@ -366,7 +375,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         client: client.clone(),
         namespace: args.ca_secret_namespace.clone(),
         crl_name: CRL_CONFIGMAP.into(),
+        part_bytes: args.crl_part_bytes,
         validity: args.crl_validity.into(),
+        served: served_crl,
         ca: ca_rx.clone(),
         records: records.clone(),
         records_ready: records_ready.clone(),

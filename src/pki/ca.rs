@@ -135,6 +135,11 @@ impl CertificateAuthority {
 
     /// Signs an RFC 5280 v2 CRL; returns PEM labelled `X509 CRL`.
     pub fn sign_crl(&self, req: &CrlRequest) -> Result<String, PkiError> {
+        crl::sign(self, req).map(|der| crl::crl_pem(&der))
+    }
+
+    /// Signs a CRL; DER.
+    pub fn sign_crl_der(&self, req: &CrlRequest) -> Result<Vec<u8>, PkiError> {
         crl::sign(self, req)
     }
 

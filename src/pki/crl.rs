@@ -55,7 +55,7 @@ impl RevocationReason {
     }
 }
 
-pub(super) fn sign(ca: &CertificateAuthority, req: &CrlRequest) -> Result<String, PkiError> {
+pub(super) fn sign(ca: &CertificateAuthority, req: &CrlRequest) -> Result<Vec<u8>, PkiError> {
     let this_update = crl_time(req.this_update, "thisUpdate")?;
     let next_update = crl_time(req.next_update, "nextUpdate")?;
     if next_update <= this_update {
@@ -78,8 +78,15 @@ pub(super) fn sign(ca: &CertificateAuthority, req: &CrlRequest) -> Result<String
     let crl = params
         .signed_by(ca.issuer())
         .map_err(|e| PkiError::Sign(format!("failed to sign the CRL: {e}")))?;
-    crl.pem()
-        .map_err(|e| PkiError::Encode(format!("failed to encode the CRL as PEM: {e}")))
+    Ok(crl.der().to_vec())
+}
+
+/// A DER CRL as PEM (`X509 CRL`).
+pub fn crl_pem(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("X509 CRL", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 fn revoked_certs(entries: &[CrlEntry]) -> Result<Vec<RevokedCertParams>, PkiError> {
@@ -123,8 +130,13 @@ pub fn inspect_crl_pem(crl_pem: &str) -> Result<CrlInfo, PkiError> {
             block.tag()
         )));
     }
-    let (rest, crl) = x509_parser::parse_x509_crl(block.contents())
-        .map_err(|e| PkiError::InvalidCrl(format!("the CRL does not parse: {e}")))?;
+    inspect_crl_der(block.contents())
+}
+
+/// Parses a DER CRL, as strictly as [`inspect_crl_pem`].
+pub fn inspect_crl_der(der: &[u8]) -> Result<CrlInfo, PkiError> {
+    let (rest, crl) =
+        x509_parser::parse_x509_crl(der).map_err(|e| PkiError::InvalidCrl(format!("the CRL does not parse: {e}")))?;
     if !rest.is_empty() {
         return Err(PkiError::InvalidCrl("the CRL has trailing bytes".into()));
     }

@@ -32,7 +32,7 @@ mod util;
 mod test_support;
 
 pub use ca::CertificateAuthority;
-pub use crl::{CrlEntry, CrlInfo, CrlRequest, RevocationReason, inspect_crl_pem};
+pub use crl::{CrlEntry, CrlInfo, CrlRequest, RevocationReason, crl_pem, inspect_crl_der, inspect_crl_pem};
 pub use error::{CaError, PkiError};
 pub use leaf::{IssuedLeaf, LeafInfo, LeafRequest, inspect_leaf_pem, verify_signed_by};
 pub use scope::{
@@ -42,6 +42,7 @@ pub use scope::{
 pub use secret::PrivateKeyPem;
 pub use serving::ServingRequest;
 pub use time::OffsetDateTime;
+pub use util::hex_lower;
 
 /// The signing CA as every part of the operator sees it: usable, or not and why.
 #[derive(Clone)]

@@ -18,7 +18,7 @@ pub(crate) const SERIAL_LEN: usize = 16;
 const MAX_SERIAL_LEN: usize = 20;
 
 /// Lower-case hex without separators.
-pub(crate) fn hex_lower(bytes: &[u8]) -> String {
+pub fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
         let _ = write!(out, "{b:02x}");
         out

@@ -4,5 +4,6 @@
 //! The revocation record (`records`) lives here so the controllers, the sweeper, the
 //! CRL writer and, next, the decision service all read the same one.
 
+pub mod crl;
 pub mod ready;
 pub mod records;
