@@ -60,11 +60,12 @@ e2e:
 	e2e/with-cluster.sh $(CARGO) test --locked --test e2e -- --test-threads=$${E2E_THREADS:-4}
 
 ## make bench: policy decision latency (no cluster), then issuance and revocation on
-## the local control plane; results in target/bench/ (copied into docs/benchmarks.md
+## the local control plane, then revocation with 100,000 entries in the ledger; results in target/bench/ (copied into docs/benchmarks.md
 ## by hand, with the machine noted).
 bench:
 	$(CARGO) bench --locked --bench policy
 	e2e/with-cluster.sh $(CARGO) bench --locked --bench issuance
+	e2e/with-cluster.sh $(CARGO) bench --locked --bench ledger
 
 controlplane:
 	e2e/controlplane/build.sh >/dev/null

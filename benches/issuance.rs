@@ -11,6 +11,7 @@
 //!
 //! Results go to stdout and to `target/bench/issuance.md`.
 
+mod common;
 #[path = "../e2e/support/mod.rs"]
 mod support;
 
@@ -20,81 +21,22 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::{Arrivals, finish_pod, grant, memory_kib, phase, pod, summary, watch_secrets};
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::{
-    Api, ResourceExt,
+    Api,
     api::{Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use mandate::api::{AgentIdentity, ToolGrant};
 use serde_json::json;
 use support::{TestNamespace, operator::Operator, wait_for};
-use tokio::sync::Notify;
 
 const SEQUENTIAL: usize = 200;
 const BURST: usize = 800;
 const REVOKE_SEQUENTIAL: usize = 200;
 const CONCURRENCY: usize = 64;
-const STEP_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// When each object was first seen in a given state, fed by one watch.
-#[derive(Default)]
-struct Arrivals {
-    at: Mutex<HashMap<String, Instant>>,
-    notify: Notify,
-}
-
-impl Arrivals {
-    fn record(&self, key: String) {
-        self.at.lock().unwrap().entry(key).or_insert_with(Instant::now);
-        self.notify.notify_waiters();
-    }
-
-    fn get(&self, key: &str) -> Option<Instant> {
-        self.at.lock().unwrap().get(key).copied()
-    }
-
-    async fn wait(&self, key: &str) -> Instant {
-        let deadline = Instant::now() + STEP_TIMEOUT;
-        loop {
-            let notified = self.notify.notified();
-            if let Some(t) = self.get(key) {
-                return t;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if tokio::time::timeout(left, notified).await.is_err() {
-                panic!("timed out waiting for {key}");
-            }
-        }
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn summary(name: &str, mut v: Vec<Duration>) -> String {
-    v.sort();
-    format!(
-        "| {name} | {} | {:.1} | {:.1} | {:.1} |",
-        v.len(),
-        percentile(&v, 0.5).as_secs_f64() * 1e3,
-        percentile(&v, 0.99).as_secs_f64() * 1e3,
-        v.last().unwrap().as_secs_f64() * 1e3
-    )
-}
-
-fn memory_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
 
 /// CPU time (user + system) a process has used so far. `/proc` counts it in USER_HZ
 /// ticks, which Linux fixes at 100 per second whatever the kernel's own tick rate.
@@ -146,74 +88,6 @@ fn cpu_split(before: &[(&str, f64)], after: &[(&str, f64)], per: usize, what: &s
 
 fn cpu_snapshot(procs: &[(&'static str, u32)]) -> Vec<(&'static str, f64)> {
     procs.iter().map(|(n, pid)| (*n, cpu_secs(*pid))).collect()
-}
-
-/// Marks the start of a phase on stderr, with the wall-clock time, so that profiles
-/// taken alongside (for example the API server's /debug/pprof) can be matched to it.
-fn phase(name: &str) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    eprintln!("bench: {name} starts at unix time {:.1}", now.as_secs_f64());
-}
-
-fn pod(name: &str) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "spec": { "restartPolicy": "Never", "containers": [{ "name": "agent", "image": "example.invalid/agent:1" }] },
-    }))
-    .unwrap()
-}
-
-fn grant(name: &str) -> ToolGrant {
-    serde_json::from_value(json!({
-        "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrant",
-        "metadata": { "name": name },
-        "spec": {
-            "identityRef": { "name": "bench" },
-            "taskRef": { "apiVersion": "v1", "kind": "Pod", "name": name },
-            "tools": [{ "name": "github", "actions": ["read"], "destinations": ["api.github.com"] }],
-            "ttl": "30m",
-            "purpose": "benchmark",
-        },
-    }))
-    .unwrap()
-}
-
-/// Watches Secrets: records when each appears with a certificate that parses and
-/// chains to its ca.crt, and when each is deleted.
-fn watch_secrets(
-    api: Api<Secret>,
-    issued: Arc<Arrivals>,
-    deleted: Arc<Arrivals>,
-    serials: Arc<Mutex<HashMap<String, String>>>,
-) {
-    tokio::spawn(async move {
-        let mut s = watcher(api, watcher::Config::default().labels("mandate.dev/grant")).boxed();
-        while let Ok(Some(ev)) = s.try_next().await {
-            match ev {
-                watcher::Event::Apply(sec) | watcher::Event::InitApply(sec) => {
-                    let d = sec.data.clone().unwrap_or_default();
-                    let (Some(crt), Some(ca)) = (d.get("tls.crt"), d.get("ca.crt")) else {
-                        continue;
-                    };
-                    let leaf = ::pem::parse(&crt.0).unwrap().into_contents();
-                    let root = ::pem::parse(&ca.0).unwrap().into_contents();
-                    let (_, l) = x509_parser::parse_x509_certificate(&leaf).unwrap();
-                    let (_, r) = x509_parser::parse_x509_certificate(&root).unwrap();
-                    l.verify_signature(Some(r.public_key()))
-                        .expect("certificate chains to ca.crt");
-                    serials
-                        .lock()
-                        .unwrap()
-                        .insert(sec.name_any(), l.raw_serial_as_string().replace(':', ""));
-                    issued.record(sec.name_any());
-                }
-                watcher::Event::Delete(sec) => deleted.record(sec.name_any()),
-                _ => {}
-            }
-        }
-    });
 }
 
 /// Watches the CRL ConfigMap: records when each serial is first listed.
@@ -276,14 +150,6 @@ async fn status_write_costs(
         ));
     }
     out.join("; ")
-}
-
-async fn finish_pod(pods: &Api<Pod>, name: &str) -> Instant {
-    let status = json!({ "status": { "phase": "Succeeded" } });
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
-    Instant::now()
 }
 
 #[tokio::main]

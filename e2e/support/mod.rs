@@ -110,6 +110,25 @@ impl TestNamespace {
                 }
             })
             .await;
+        // The same for the revocation record (when the test kept its CA here): a record's
+        // finalizer holds it until its certificate expires, and no operator is left to
+        // let it go.
+        let records: Api<mandate::api::CertificateRecord> = self.api();
+        let names: Vec<String> = match records
+            .list_metadata(&kube::api::ListParams::default().labels("mandate.dev/grant-uid"))
+            .await
+        {
+            Ok(list) => list.items.iter().map(kube::ResourceExt::name_any).collect(),
+            Err(_) => vec![],
+        };
+        futures::stream::iter(names)
+            .for_each_concurrent(16, |name| {
+                let (records, patch) = (records.clone(), &unfinalize);
+                async move {
+                    let _ = records.patch(&name, &Default::default(), patch).await;
+                }
+            })
+            .await;
         let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.name, &DeleteParams::default())
             .await;

@@ -175,6 +175,11 @@ async fn fetch_identity(ctx: &Context, grant: &ToolGrant, ns: &str) -> Result<Op
 
 pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Action, Error> {
     let uid = cached.uid().unwrap_or_default();
+    // Waiting for a turn does not count against the reconcile's deadline.
+    let _turn = ctx
+        .fair
+        .acquire(cached.namespace().as_deref().unwrap_or_default())
+        .await;
     let res = super::within_deadline(reconcile_grant(cached.clone(), &ctx)).await;
     super::succeeded(&ctx, cached.as_ref(), &res);
     if res.is_err() {

@@ -6,6 +6,7 @@
 mod backoff;
 pub mod ca;
 mod decision;
+mod fair;
 mod grant;
 mod identity;
 pub mod ledger;
@@ -180,6 +181,8 @@ pub enum RunError {
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
+    /// Permits to reconcile a grant, handed out round-robin over namespaces.
+    pub fair: fair::FairGate,
     pub recorder: Recorder,
     pub trust_domain: String,
     pub ca: watch::Receiver<ca::CaState>,
@@ -455,7 +458,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         })
         .applied_objects();
     let grant_controller = Controller::for_stream(grant_events, grant_store.clone())
-        .with_config(kube::runtime::controller::Config::default().concurrency(args.grant_concurrency));
+        // Unbounded here: `ctx.fair` bounds how many run, and orders them fairly across
+        // namespaces, which the controller's own queue (first scheduled, first run) cannot.
+        .with_config(kube::runtime::controller::Config::default().concurrency(0));
     let identity_controller = Controller::new(api_for::<AgentIdentity>(&client, ns), watcher::Config::default())
         // A burst of grant changes for one identity becomes one status update.
         .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)));
@@ -499,6 +504,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let (task_tx, mut task_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<ToolGrant>>();
     let ctx = Arc::new(Context {
         client: client.clone(),
+        fair: fair::FairGate::new(usize::from(args.grant_concurrency)),
         recorder,
         trust_domain: args.trust_domain.clone(),
         ca: ca_rx,

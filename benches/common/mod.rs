@@ -1,0 +1,157 @@
+//! What the benchmarks on the control plane share: arrival times fed by watches, the
+//! tasks and grants they create, and the process measurements.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::watcher,
+};
+use mandate::api::ToolGrant;
+use serde_json::json;
+use tokio::sync::Notify;
+
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// When each object was first seen in a given state, fed by one watch.
+#[derive(Default)]
+pub struct Arrivals {
+    at: Mutex<HashMap<String, Instant>>,
+    notify: Notify,
+}
+
+impl Arrivals {
+    pub fn record(&self, key: String) {
+        self.at.lock().unwrap().entry(key).or_insert_with(Instant::now);
+        self.notify.notify_waiters();
+    }
+
+    pub fn get(&self, key: &str) -> Option<Instant> {
+        self.at.lock().unwrap().get(key).copied()
+    }
+
+    pub async fn wait(&self, key: &str) -> Instant {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let notified = self.notify.notified();
+            if let Some(t) = self.get(key) {
+                return t;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, notified).await.is_err() {
+                panic!("timed out waiting for {key}");
+            }
+        }
+    }
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+pub fn summary(name: &str, mut v: Vec<Duration>) -> String {
+    v.sort();
+    format!(
+        "| {name} | {} | {:.1} | {:.1} | {:.1} |",
+        v.len(),
+        percentile(&v, 0.5).as_secs_f64() * 1e3,
+        percentile(&v, 0.99).as_secs_f64() * 1e3,
+        v.last().unwrap().as_secs_f64() * 1e3
+    )
+}
+
+pub fn memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Marks the start of a phase on stderr, with the wall-clock time, so that profiles
+/// taken alongside (for example the API server's /debug/pprof) can be matched to it.
+pub fn phase(name: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!("bench: {name} starts at unix time {:.1}", now.as_secs_f64());
+}
+
+pub fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": { "restartPolicy": "Never", "containers": [{ "name": "agent", "image": "example.invalid/agent:1" }] },
+    }))
+    .unwrap()
+}
+
+pub fn grant(name: &str) -> ToolGrant {
+    serde_json::from_value(json!({
+        "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrant",
+        "metadata": { "name": name },
+        "spec": {
+            "identityRef": { "name": "bench" },
+            "taskRef": { "apiVersion": "v1", "kind": "Pod", "name": name },
+            "tools": [{ "name": "github", "actions": ["read"], "destinations": ["api.github.com"] }],
+            "ttl": "30m",
+            "purpose": "benchmark",
+        },
+    }))
+    .unwrap()
+}
+
+/// Watches Secrets: records when each appears with a certificate that parses and
+/// chains to its ca.crt, and when each is deleted.
+pub fn watch_secrets(
+    api: Api<Secret>,
+    issued: Arc<Arrivals>,
+    deleted: Arc<Arrivals>,
+    serials: Arc<Mutex<HashMap<String, String>>>,
+) {
+    tokio::spawn(async move {
+        let mut s = watcher(api, watcher::Config::default().labels("mandate.dev/grant")).boxed();
+        while let Ok(Some(ev)) = s.try_next().await {
+            match ev {
+                watcher::Event::Apply(sec) | watcher::Event::InitApply(sec) => {
+                    let d = sec.data.clone().unwrap_or_default();
+                    let (Some(crt), Some(ca)) = (d.get("tls.crt"), d.get("ca.crt")) else {
+                        continue;
+                    };
+                    let leaf = ::pem::parse(&crt.0).unwrap().into_contents();
+                    let root = ::pem::parse(&ca.0).unwrap().into_contents();
+                    let (_, l) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+                    let (_, r) = x509_parser::parse_x509_certificate(&root).unwrap();
+                    l.verify_signature(Some(r.public_key()))
+                        .expect("certificate chains to ca.crt");
+                    serials
+                        .lock()
+                        .unwrap()
+                        .insert(sec.name_any(), l.raw_serial_as_string().replace(':', ""));
+                    issued.record(sec.name_any());
+                }
+                watcher::Event::Delete(sec) => deleted.record(sec.name_any()),
+                _ => {}
+            }
+        }
+    });
+}
+
+pub async fn finish_pod(pods: &Api<Pod>, name: &str) -> Instant {
+    let status = json!({ "status": { "phase": "Succeeded" } });
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    Instant::now()
+}
