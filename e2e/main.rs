@@ -7,6 +7,7 @@
 
 mod support;
 
+mod cluster_wide;
 mod controlplane;
 mod faults;
 mod grants;

@@ -13,6 +13,7 @@ pub mod decision;
 pub mod metrics;
 pub mod pki;
 pub mod policy;
+pub mod runtime;
 pub mod spiffe;
 pub mod state;
 pub mod telemetry;

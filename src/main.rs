@@ -22,7 +22,7 @@ async fn main() -> std::process::ExitCode {
         },
         Command::Run(args) => {
             mandate::telemetry::init(args.log_format);
-            match mandate::controller::run(*args).await {
+            match mandate::runtime::run(*args).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "operator stopped");

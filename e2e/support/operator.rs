@@ -33,6 +33,26 @@ impl Operator {
         Self::start_as(namespace, extra, super::kubeconfig_path()).await
     }
 
+    /// An operator watching every namespace, its CA in `ca_namespace`, probed through
+    /// `probe_namespace`. Only for the tests run one at a time after the others
+    /// (`cluster_wide::`): it would reconcile every other test's grants too.
+    pub async fn start_cluster_wide(ca_namespace: &str, probe_namespace: &str, extra: &[&str]) -> Operator {
+        let port = free_port();
+        let metrics_port = free_port();
+        let mut args = vec![
+            "run".to_string(),
+            format!("--ca-secret-namespace={ca_namespace}"),
+            format!("--webhook-listen=127.0.0.1:{port}"),
+            format!("--webhook-url=https://127.0.0.1:{port}"),
+            format!("--webhook-configuration-name=mandate-{ca_namespace}"),
+            format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let op = Self::spawn(ca_namespace, args, 0, port, metrics_port, super::kubeconfig_path());
+        op.wait_webhook(probe_namespace).await;
+        op
+    }
+
     /// [`start`](Self::start), with the credentials of `kubeconfig` (for example one
     /// impersonating the ServiceAccount the install manifest creates).
     pub async fn start_as(namespace: &str, extra: &[&str], kubeconfig: PathBuf) -> Operator {

@@ -1,20 +1,21 @@
-//! The controllers: the only part of Mandate that writes to the Kubernetes API.
+//! The controllers: the only part of Mandate that writes to the Kubernetes API. They
+//! are wired together (with the watches they read) in `runtime`.
 //!
 //! Each reconcile is fetch, decide (pure functions in `decide`, with `now` passed in),
 //! apply, then status.
 
-mod backoff;
+pub(crate) mod backoff;
 pub mod ca;
-mod decision;
-mod fair;
-mod grant;
-mod identity;
+pub(crate) mod decision;
+pub(crate) mod fair;
+pub(crate) mod grant;
+pub(crate) mod identity;
 pub mod ledger;
 pub mod policy;
-mod slim;
-mod sweeper;
-mod task_watch;
-mod written;
+pub(crate) mod slim;
+pub(crate) mod sweeper;
+pub(crate) mod task_watch;
+pub(crate) mod written;
 
 use std::{
     collections::HashMap,
@@ -22,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::{
     batch::v1::Job,
     core::v1::{Pod, Secret},
@@ -31,23 +32,17 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::ApiResource,
     runtime::{
-        Controller, WatchStreamExt,
         controller::Action,
-        events::{Recorder, Reporter},
-        reflector,
+        events::Recorder,
         reflector::{ObjectRef, Store},
         watcher,
     },
 };
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::warn;
 
 use crate::{
-    api::{
-        AgentIdentity, AgentPolicy, CertificateRecord, ToolGrant, ToolGrantApproval,
-        names::{CRL_CONFIGMAP, LABEL_GRANT, MANAGER},
-    },
-    cli::RunArgs,
+    api::{AgentIdentity, ToolGrant, ToolGrantApproval, names::MANAGER},
     decide::task::FinishedConditions,
     spiffe,
 };
@@ -161,23 +156,6 @@ impl Error {
     }
 }
 
-/// Why the operator could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("failed to build a Kubernetes client from kubeconfig or in-cluster config: {0}")]
-    Client(#[source] kube::Error),
-    #[error("invalid --trust-domain: {0}")]
-    TrustDomain(#[source] spiffe::SpiffeIdError),
-    #[error("failed to load or create the CA: {0}")]
-    LoadCa(#[source] kube::Error),
-    #[error("invalid webhook flags: {0}")]
-    WebhookConfig(#[source] crate::webhook::ConfigError),
-    #[error("failed to start the admission webhook: {0}")]
-    Webhook(#[source] crate::webhook::WebhookError),
-    #[error("failed to listen for metrics: {0}")]
-    Metrics(#[source] std::io::Error),
-}
-
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
@@ -224,7 +202,7 @@ pub struct Context {
     pub published_bundles: Mutex<HashMap<String, String>>,
 }
 
-fn api_for<K>(client: &Client, ns: &Option<String>) -> Api<K>
+pub(crate) fn api_for<K>(client: &Client, ns: &Option<String>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     <K as Resource>::DynamicType: Default,
@@ -236,7 +214,7 @@ where
 }
 
 /// Grants in `obj`'s namespace whose `taskRef` names it.
-fn grants_for_task(
+pub(crate) fn grants_for_task(
     store: &Store<ToolGrant>,
     api_version: &str,
     kind: &str,
@@ -257,7 +235,7 @@ fn grants_for_task(
 /// Passes on objects whose spec changed (a new generation) or that were deleted, and
 /// drops status-only updates. An identity's status changes with every grant issued for
 /// it; re-checking all its grants on each of those would cost O(grants²).
-fn spec_changes<K>(
+pub(crate) fn spec_changes<K>(
     events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
@@ -304,410 +282,6 @@ async fn within(
         .unwrap_or(Err(Error::Deadline { after }))
 }
 
-/// Runs the controllers until SIGINT or SIGTERM.
-pub async fn run(args: RunArgs) -> Result<(), RunError> {
-    spiffe::validate_trust_domain(&args.trust_domain).map_err(RunError::TrustDomain)?;
-    let webhook_config = crate::webhook::config_from_args(&args).map_err(RunError::WebhookConfig)?;
-    let client = Client::try_default().await.map_err(RunError::Client)?;
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "mandate".into(),
-            instance: None,
-        },
-    );
-    info!(trust_domain = %args.trust_domain, watch_namespace = ?args.watch_namespace, "mandate operator starting");
-
-    let source = ca::CaSource {
-        namespace: args.ca_secret_namespace.clone(),
-        name: args.ca_secret_name.clone(),
-        crl_configmap: CRL_CONFIGMAP.into(),
-        validity: args.ca_validity.into(),
-    };
-    let initial = ca::load_or_bootstrap(&client, &source)
-        .await
-        .map_err(RunError::LoadCa)?;
-    if let ca::CaState::Unavailable { reason, message } = &initial {
-        error!(reason, %message, "CA is not usable; nothing will be issued until it is fixed");
-    }
-    let (ca_tx, ca_rx) = watch::channel(initial);
-    tokio::spawn(ca::watch_ca(client.clone(), source, ca_tx));
-    let webhook = crate::webhook::start(client.clone(), webhook_config, ca_rx.clone())
-        .await
-        .map_err(RunError::Webhook)?;
-    tokio::spawn(webhook);
-    let metrics = Arc::new(crate::metrics::Metrics::default());
-    // The published CRL, assembled from the ConfigMaps that store it, served on every
-    // replica and watched by the CRL writer for damage.
-    let (served_crl, served_crl_watch) =
-        crate::state::crl::watch_served(client.clone(), &args.ca_secret_namespace, CRL_CONFIGMAP);
-    tokio::spawn(served_crl_watch);
-    let metrics_server = crate::metrics::serve(
-        args.metrics_listen,
-        metrics.clone(),
-        crate::decision::crl::routes(served_crl.clone()),
-    )
-    .await
-    .map_err(RunError::Metrics)?;
-    tokio::spawn(metrics_server);
-    // The revocation record: one watch on the CertificateRecords in the CA's namespace
-    // feeds the index that the grant reconciles, the CRL writer and the sweeper read.
-    let records = crate::state::records::RecordIndex::default();
-    let (records_mark, records_ready) = crate::state::ready::gate();
-    let record_events = {
-        let records = records.clone();
-        let mut mark = records_mark.on_init_done();
-        watcher(
-            Api::<CertificateRecord>::namespaced(client.clone(), &args.ca_secret_namespace),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .for_each(move |event| {
-            match event {
-                Ok(event) => {
-                    records.on_event(&event);
-                    mark(&event);
-                }
-                Err(e) => warn!(error = %e, "CertificateRecord watch failed; retrying"),
-            }
-            futures::future::ready(())
-        })
-    };
-    tokio::spawn(record_events);
-    let ledger = ledger::spawn(ledger::LedgerConfig {
-        client: client.clone(),
-        namespace: args.ca_secret_namespace.clone(),
-        crl_name: CRL_CONFIGMAP.into(),
-        part_bytes: args.crl_part_bytes,
-        validity: args.crl_validity.into(),
-        served: served_crl,
-        ca: ca_rx.clone(),
-        records: records.clone(),
-        records_ready: records_ready.clone(),
-        metrics: metrics.clone(),
-    });
-
-    let ns = &args.watch_namespace;
-    let grants: Api<ToolGrant> = api_for(&client, ns);
-    let (grant_store, grant_writer) = reflector::store();
-    let (job_store, job_writer) = reflector::store();
-    let (pod_store, pod_writer) = reflector::store();
-    let (identity_store, identity_writer) = reflector::store();
-    let (secret_store, secret_writer) = reflector::store();
-    let (approval_store, approval_writer) = reflector::store();
-    let (namespace_store, namespace_writer) = reflector::store();
-    let policy_api: Api<AgentPolicy> = Api::all(client.clone());
-    // Readiness of the caches that anything but their own controller waits on comes
-    // from their watch events (see `ready`).
-    let (policy_store, policy_writer) = reflector::store();
-    let (policies_mark, policies_ready) = crate::state::ready::gate();
-    let policy_events = watcher(policy_api, watcher::Config::default())
-        .default_backoff()
-        .reflect(policy_writer)
-        .inspect_ok(policies_mark.on_init_done())
-        .applied_objects();
-    let policy_controller = Controller::for_stream(policy_events, policy_store.clone());
-    let (policies_tx, policies_rx) = watch::channel(None);
-    let (audit_tx, mut audit_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let approvals = watcher(api_for::<ToolGrantApproval>(&client, ns), watcher::Config::default())
-        .default_backoff()
-        .modify(slim::approval)
-        .reflect(approval_writer)
-        .touched_objects();
-    // Namespace labels feed AgentPolicy namespace selectors; a scoped operator only
-    // needs (and may only be allowed to read) its own namespace.
-    let (namespaces_mark, namespaces_ready) = crate::state::ready::gate();
-    let ns_config = match ns {
-        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
-        None => watcher::Config::default(),
-    };
-    let namespaces = watcher(
-        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone()),
-        ns_config,
-    )
-    .default_backoff()
-    .modify(slim::namespace)
-    .reflect(namespace_writer)
-    .inspect_ok(namespaces_mark.on_init_done())
-    .touched_objects();
-    // Each cache is updated by the same watch that triggers the grant reconciles, before
-    // the trigger passes on, so a reconcile never reads a state older than its trigger.
-    // Every cache keeps only the fields Mandate reads (see `slim`).
-    // The same watch tells the identity controller which identities' grants changed,
-    // so grants are decoded once (not once more by a watch of its own).
-    let (identity_tx, identity_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<AgentIdentity>>();
-    let (deleted_tx, deleted_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let (grants_mark, grants_ready) = crate::state::ready::gate();
-    let grant_events = watcher(grants, watcher::Config::default())
-        .default_backoff()
-        .modify(slim::grant)
-        .reflect(grant_writer)
-        .inspect_ok(grants_mark.on_init_done())
-        .inspect_ok(move |event| {
-            // A grant gone from the API: the sweeper makes sure its serials are revoked
-            // even if its finalizer was removed by hand.
-            if let watcher::Event::Delete(g) = event {
-                let _ = deleted_tx.send(g.uid().unwrap_or_default());
-            }
-            if let watcher::Event::Apply(g) | watcher::Event::Delete(g) | watcher::Event::InitApply(g) = event {
-                let identity = ObjectRef::new(&g.spec.identity_ref.name).within(&g.namespace().unwrap_or_default());
-                // The receiver lives as long as the identity controller; if it has
-                // stopped, the operator is shutting down.
-                let _ = identity_tx.send(identity);
-            }
-        })
-        .applied_objects();
-    let grant_controller = Controller::for_stream(grant_events, grant_store.clone())
-        // Unbounded here: `ctx.fair` bounds how many run, and orders them fairly across
-        // namespaces, which the controller's own queue (first scheduled, first run) cannot.
-        .with_config(kube::runtime::controller::Config::default().concurrency(0));
-    let identity_controller = Controller::new(api_for::<AgentIdentity>(&client, ns), watcher::Config::default())
-        // A burst of grant changes for one identity becomes one status update.
-        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)));
-    let identities = watcher(api_for::<AgentIdentity>(&client, ns), watcher::Config::default())
-        .default_backoff()
-        .modify(slim::identity)
-        .reflect(identity_writer);
-    let jobs = watcher(api_for::<Job>(&client, ns), watcher::Config::default())
-        .default_backoff()
-        .modify(slim::job)
-        .reflect(job_writer);
-    let pods = watcher(api_for::<Pod>(&client, ns), watcher::Config::default())
-        .default_backoff()
-        .modify(slim::pod)
-        .reflect(pod_writer);
-    let written = Arc::new(written::Written::default());
-    let ours = written.clone();
-    let (secrets_mark, secrets_ready) = crate::state::ready::gate();
-    let secrets = watcher(
-        api_for::<Secret>(&client, ns),
-        watcher::Config::default().labels(LABEL_GRANT),
-    )
-    .default_backoff()
-    .modify(slim::secret)
-    .reflect(secret_writer)
-    .inspect_ok(secrets_mark.on_init_done())
-    // The reconcile that created, applied or deleted a Secret knows what it did;
-    // the event of its own write would only run the grant again (and, with the
-    // grant's own status event still on its way, read the grant back). Every other
-    // change, and every object of a relist, still reaches the grant.
-    .try_filter_map(move |event| {
-        let secret = match event {
-            watcher::Event::Apply(s) if !ours.is_own_secret_write(&s, false) => Some(s),
-            watcher::Event::Delete(s) if !ours.is_own_secret_write(&s, true) => Some(s),
-            watcher::Event::InitApply(s) => Some(s),
-            _ => None,
-        };
-        futures::future::ready(Ok(secret))
-    });
-
-    let (task_tx, mut task_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<ToolGrant>>();
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        fair: fair::FairGate::new(usize::from(args.grant_concurrency)),
-        recorder,
-        trust_domain: args.trust_domain.clone(),
-        ca: ca_rx,
-        ledger: ledger.clone(),
-        records_ready: records_ready.clone(),
-        operator_max_ttl: args.max_ttl.into(),
-        finished_conditions: FinishedConditions {
-            types: args.task_finished_conditions.clone(),
-        },
-        task_kinds: Mutex::new(HashMap::new()),
-        task_watches: task_watch::TaskWatches::new(client.clone(), ns.clone(), grant_store.clone(), task_tx),
-        grants: grant_store.clone(),
-        identities: identity_store,
-        jobs: job_store,
-        pods: pod_store,
-        secrets: secret_store,
-        secrets_ready,
-        policies: policies_rx.clone(),
-        policy_compiler: policy::CompileCache::default(),
-        audit: policy::AuditLog::default(),
-        audit_changed: audit_tx,
-        approvals: approval_store,
-        metrics,
-        errors: backoff::ErrorBackoff::default(),
-        written,
-        published_bundles: Mutex::new(HashMap::new()),
-    });
-
-    let (s1, s2, s3) = (grant_store.clone(), grant_store.clone(), grant_store.clone());
-    // Every change of the CA (restored, replaced, deleted) re-checks every grant: ones
-    // waiting on it can issue, and none may keep issuing from a CA that is gone.
-    let ca_changes = futures::stream::unfold(ctx.ca.clone(), |mut rx| async move {
-        rx.changed().await.ok().map(|_| ((), rx))
-    });
-    // So does every new policy store: a policy change is a fresh decision for all.
-    let policy_changes = futures::stream::unfold(policies_rx, |mut rx| async move {
-        rx.changed().await.ok().map(|_| ((), rx))
-    });
-    // And every change of the CRL's health: an unusable CRL stops issuance, a fixed one
-    // resumes it.
-    let ledger_changes = futures::stream::unfold(ledger.health_changes(), |mut rx| async move {
-        rx.changed().await.ok().map(|_| ((), rx))
-    });
-    tokio::spawn(
-        sweeper::Sweeper {
-            client: client.clone(),
-            ledger: ledger.clone(),
-            namespace: args.ca_secret_namespace.clone(),
-            watch_namespace: args.watch_namespace.clone(),
-            grants: grant_store.clone(),
-            grants_ready,
-            secrets: ctx.secrets.clone(),
-            records_ready,
-            metrics: ctx.metrics.clone(),
-        }
-        .run(deleted_rx),
-    );
-    let s4 = ctx.grants.clone();
-    let grant_controller = grant_controller
-        .reconcile_on(futures::stream::poll_fn(move |cx| task_rx.poll_recv(cx)))
-        .reconcile_all_on(futures::stream::select(
-            futures::stream::select(ca_changes, policy_changes),
-            ledger_changes,
-        ))
-        .watches_stream(approvals, move |a: ToolGrantApproval| {
-            let ns = a.namespace();
-            s4.state()
-                .iter()
-                .filter(|g| g.namespace() == ns && g.name_any() == a.spec.grant_name)
-                .map(|g| ObjectRef::from_obj(g.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        // A grant Secret triggers its controlling grant, and also the grant its label
-        // names: after a grant vanished and a new one of the same name is waiting on
-        // its predecessor's Secret, that Secret's deletion must reach the new grant,
-        // which does not own it.
-        .watches_stream(secrets, |s: Secret| {
-            let ns = s.namespace().unwrap_or_default();
-            let mut names: Vec<String> = s
-                .owner_references()
-                .iter()
-                .filter(|o| o.controller == Some(true) && o.kind == "ToolGrant")
-                .map(|o| o.name.clone())
-                .collect();
-            if let Some(label) = s.labels().get(LABEL_GRANT)
-                && !names.contains(label)
-            {
-                names.push(label.clone());
-            }
-            names
-                .into_iter()
-                .map(|n| ObjectRef::new(&n).within(&ns))
-                .collect::<Vec<_>>()
-        })
-        .watches_stream(jobs.touched_objects(), move |job: Job| {
-            grants_for_task(&s1, "batch/v1", "Job", job.namespace(), &job.name_any())
-        })
-        .watches_stream(pods.touched_objects(), move |pod: Pod| {
-            grants_for_task(&s2, "v1", "Pod", pod.namespace(), &pod.name_any())
-        })
-        .watches_stream(spec_changes(identities), move |id: AgentIdentity| {
-            s3.state()
-                .iter()
-                .filter(|g| g.namespace() == id.namespace() && g.spec.identity_ref.name == id.name_any())
-                .map(|g| ObjectRef::from_obj(g.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .shutdown_on_signal()
-        .run(grant::reconcile, error_policy, ctx.clone())
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "grant reconcile failed");
-            }
-        });
-
-    let identity_triggers = futures::stream::unfold(identity_rx, |mut rx| async move {
-        rx.recv().await.map(|identity| (identity, rx))
-    });
-    let identity_controller = identity_controller
-        .reconcile_on(identity_triggers)
-        .shutdown_on_signal()
-        .run(
-            |identity, ctx| async move {
-                let res = within_deadline(identity::reconcile(identity.clone(), ctx.clone())).await;
-                succeeded(&ctx, identity.as_ref(), &res);
-                res
-            },
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "identity reconcile failed");
-            }
-        });
-
-    // The policy store: rebuilt once both caches are filled, then after every change
-    // of an AgentPolicy or a namespace (a burst of changes becomes one rebuild).
-    let (ns_store_for_build, rebuild_ctx) = (namespace_store.clone(), ctx.clone());
-    let (rebuild_tx, mut rebuild_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let policy_builder = {
-        let policy_store = policy_store.clone();
-        async move {
-            if !policies_ready.wait().await || !namespaces_ready.wait().await {
-                return;
-            }
-            let mut last = None;
-            loop {
-                while rebuild_rx.try_recv().is_ok() {}
-                policy::rebuild(
-                    &policy_store,
-                    &ns_store_for_build,
-                    &rebuild_ctx.policy_compiler,
-                    &policies_tx,
-                    &mut last,
-                );
-                if rebuild_rx.recv().await.is_none() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    let (t1, t2) = (rebuild_tx.clone(), rebuild_tx);
-    let policy_controller = policy_controller
-        .watches_stream(namespaces, move |_ns| {
-            let _ = t1.send(());
-            None::<ObjectRef<AgentPolicy>>
-        })
-        .reconcile_on(futures::stream::poll_fn(move |cx| {
-            audit_rx
-                .poll_recv(cx)
-                .map(|name| name.map(|n| ObjectRef::<AgentPolicy>::new(&n)))
-        }))
-        .shutdown_on_signal()
-        .run(
-            move |p, c| {
-                let _ = t2.send(());
-                async move {
-                    let res = within_deadline(policy::reconcile(p.clone(), c.clone())).await;
-                    succeeded(&c, p.as_ref(), &res);
-                    res
-                }
-            },
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "policy reconcile failed");
-            }
-        });
-
-    futures::join!(grant_controller, identity_controller, policy_controller, async {
-        tokio::select! {
-            () = policy_builder => {},
-            _ = tokio::signal::ctrl_c() => {},
-        }
-    });
-    info!("mandate operator stopped");
-    Ok(())
-}
-
 /// Delete options that delete exactly `obj`, not a later object of the same name.
 pub(crate) fn delete_exactly<K: Resource>(obj: &K) -> kube::api::DeleteParams {
     kube::api::DeleteParams {
@@ -747,7 +321,7 @@ where
 
 /// Requeues a failed object after its own backoff (see `backoff`), with a Warning
 /// Event when the reason is new for it.
-fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     let key = obj.meta().uid.clone().unwrap_or_default();
     let retry = ctx.errors.failed(&key, err.reason());
     ctx.metrics.reconcile_error(err.reason());

@@ -1,0 +1,155 @@
+//! Tests that need an operator watching every namespace. `make e2e` runs them one at a
+//! time, after the rest (`--skip cluster_wide::`), because such an operator would also
+//! reconcile every other test's grants.
+
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, PostParams},
+    runtime::watcher,
+};
+use mandate::api::{CertificateRecord, GrantPhase, ToolGrant};
+use serde_json::json;
+
+use crate::{
+    grants::{Fixture, github},
+    support::{
+        TestNamespace, client, install_crds,
+        kubelet::{self, Outcome},
+        operator::Operator,
+        wait::wait_deleted,
+        wait_for,
+    },
+};
+
+/// Revoked records in the order the API server committed their revocation, as one
+/// watch delivers them: (serial, grant namespace).
+#[derive(Default)]
+struct RevocationOrder {
+    seen: Mutex<Vec<(String, String)>>,
+    changed: tokio::sync::Notify,
+}
+
+impl RevocationOrder {
+    fn note(&self, r: &CertificateRecord) {
+        if r.spec.revocation.is_none() {
+            return;
+        }
+        let mut seen = self.seen.lock().unwrap();
+        if !seen.iter().any(|(s, _)| *s == r.name_any()) {
+            seen.push((r.name_any(), r.spec.grant.namespace.clone()));
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `serial` is revoked; returns the namespaces of those revoked before.
+    async fn before(&self, serial: &str) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
+        loop {
+            let changed = self.changed.notified();
+            {
+                let seen = self.seen.lock().unwrap();
+                if let Some(at) = seen.iter().position(|(s, _)| s == serial) {
+                    return seen[..at].iter().map(|(_, ns)| ns.clone()).collect();
+                }
+            }
+            assert!(
+                tokio::time::timeout_at(deadline, changed).await.is_ok(),
+                "{serial} was never revoked"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn threat_39_one_namespaces_mass_revocation_does_not_hold_up_anothers() {
+    const FLOOD: usize = 150;
+    let c = client().await;
+    install_crds(&c).await;
+    let ca = TestNamespace::new(&c, "fair-ca").await;
+    let flood = TestNamespace::new(&c, "fair-flood").await;
+    let quiet = TestNamespace::new(&c, "fair-quiet").await;
+    for ns in [&flood, &quiet] {
+        crate::support::agent_policy(ns, "permit-all", "Enforce", crate::support::PERMIT_ALL).await;
+    }
+    // Few permits, so the flood alone could fill them for a long time.
+    let op = Operator::start_cluster_wide(
+        &ca.name,
+        &flood.name,
+        &["--trust-domain=e2e.example", "--grant-concurrency=4"],
+    )
+    .await;
+    let f = Fixture::with_operator(flood, op);
+    let q_grants: Api<ToolGrant> = quiet.api();
+    let q_pods: Api<Pod> = quiet.api();
+    f.identity("triage").await;
+    Api::<mandate::api::AgentIdentity>::namespaced(c.clone(), &quiet.name)
+        .create(&PostParams::default(), &crate::identity::identity("triage"))
+        .await
+        .unwrap();
+    kubelet::start_pod(&f.pods, "work").await;
+    kubelet::start_pod(&q_pods, "solo").await;
+    for i in 0..FLOOD {
+        f.grant(&format!("g{i:03}"), "triage", ("v1", "Pod", "work"), github(), None)
+            .await;
+    }
+    let q: ToolGrant = serde_json::from_value(json!({
+        "apiVersion": "mandate.dev/v1alpha1", "kind": "ToolGrant", "metadata": { "name": "solo" },
+        "spec": { "identityRef": { "name": "triage" }, "taskRef": { "apiVersion": "v1", "kind": "Pod", "name": "solo" },
+                  "tools": github(), "purpose": "one small task" },
+    }))
+    .unwrap();
+    q_grants.create(&PostParams::default(), &q).await.unwrap();
+    for i in 0..FLOOD {
+        f.wait_phase(&format!("g{i:03}"), GrantPhase::Issued).await;
+    }
+    let quiet_serial = wait_for(&q_grants, "solo", "Issued", |g: &ToolGrant| {
+        g.status.as_ref().and_then(|s| s.phase) == Some(GrantPhase::Issued)
+    })
+    .await
+    .status
+    .and_then(|s| s.certificate)
+    .unwrap()
+    .serial_number;
+
+    // Every revocation, in the order the API server commits it.
+    let order = Arc::new(RevocationOrder::default());
+    let records: Api<CertificateRecord> = ca.api();
+    let watch = {
+        let order = order.clone();
+        tokio::spawn(async move {
+            let mut events = watcher(records, watcher::Config::default()).boxed();
+            while let Ok(Some(ev)) = events.try_next().await {
+                if let watcher::Event::Apply(r) | watcher::Event::InitApply(r) = ev {
+                    order.note(&r);
+                }
+            }
+        })
+    };
+
+    // The flood: every grant of one namespace deleted at once. Then one task ends in
+    // the other namespace.
+    f.grants
+        .delete_collection(&DeleteParams::default(), &Default::default())
+        .await
+        .expect("the flood's grants deleted");
+    kubelet::finish_pod(&q_pods, "solo", Outcome::Succeeded).await;
+
+    let before = order.before(&quiet_serial).await;
+    let flood_before = before.iter().filter(|n| **n == f.ns.name).count();
+    // First scheduled, first run, the quiet namespace's revocation would come after all
+    // of the flood's; taking turns, it waits behind about one reconcile per permit.
+    assert!(
+        flood_before < FLOOD / 2,
+        "{flood_before} of the flood's {FLOOD} revocations went before the quiet namespace's one"
+    );
+    let q_secrets: Api<k8s_openapi::api::core::v1::Secret> = quiet.api();
+    wait_deleted(&q_secrets, "solo", "withdrawn").await;
+    watch.abort();
+    f.ns.cleanup().await;
+    quiet.cleanup().await;
+    ca.cleanup().await;
+}
