@@ -57,8 +57,8 @@ check-generated:
 	  echo "crds/, charts/mandate/crds/ or manifests/ is out of date: run 'make generate' and commit the result" >&2; exit 1; fi
 
 e2e:
-	e2e/with-cluster.sh sh -c '$(CARGO) test --locked --test e2e -- --skip cluster_wide:: --test-threads=$${E2E_THREADS:-4} && \
-	  $(CARGO) test --locked --test e2e -- cluster_wide:: --test-threads=1'
+	e2e/with-cluster.sh sh -c '$(CARGO) test --locked --features failpoints --test e2e -- --skip cluster_wide:: --test-threads=$${E2E_THREADS:-4} && \
+	  $(CARGO) test --locked --features failpoints --test e2e -- cluster_wide:: --test-threads=1'
 
 ## make bench: policy decision latency (no cluster), then issuance and revocation on
 ## the local control plane, then revocation with 100,000 entries in the ledger; results in target/bench/ (copied into docs/benchmarks.md

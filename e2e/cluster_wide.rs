@@ -90,8 +90,15 @@ async fn threat_39_one_namespaces_mass_revocation_does_not_hold_up_anothers() {
         .create(&PostParams::default(), &crate::identity::identity("triage"))
         .await
         .unwrap();
-    kubelet::start_pod(&f.pods, "work").await;
-    kubelet::start_pod(&q_pods, "solo").await;
+    for (pods, name) in [(&f.pods, "work"), (&q_pods, "solo")] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "spec": { "restartPolicy": "Never", "containers": [{ "name": "a", "image": "example.invalid/a" }] },
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        kubelet::start_pod(pods, name).await;
+    }
     for i in 0..FLOOD {
         f.grant(&format!("g{i:03}"), "triage", ("v1", "Pod", "work"), github(), None)
             .await;

@@ -9,6 +9,7 @@ mod support;
 
 mod cluster_wide;
 mod controlplane;
+mod crash;
 mod faults;
 mod grants;
 mod identity;

@@ -571,3 +571,61 @@ async fn wait_metric(f: &Fixture, series: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn threat_10_a_task_that_never_ends_loses_its_certificate_at_the_grants_maximum_lifetime() {
+    let f = Fixture::new("lifetime").await;
+    let mut id = crate::identity::identity("triage");
+    id.spec.max_grant_lifetime = std::time::Duration::from_secs(60).into();
+    f.ids.create(&PostParams::default(), &id).await.unwrap();
+    f.job("forever", None).await;
+    let uid = f
+        .grant("g", "triage", job_task("forever"), github(), Some("1m"))
+        .await
+        .uid()
+        .unwrap();
+    let serial = f.issued_serial("g").await;
+    let issued = f.grants.get("g").await.unwrap().status.unwrap();
+    let first_issued = issued.first_issued.unwrap().0;
+
+    // The task runs on; the grant's lifetime ends anyway.
+    let g = crate::support::wait::wait_for_within(
+        &f.grants,
+        "g",
+        "Expired",
+        std::time::Duration::from_secs(150),
+        |g: &ToolGrant| g.status.as_ref().and_then(|s| s.phase) == Some(GrantPhase::Expired),
+    )
+    .await;
+    assert_eq!(
+        g.status.unwrap().revocation.unwrap().reason,
+        RevocationCause::MaxLifetimeReached.as_str()
+    );
+    wait_deleted(&f.secrets, "g", "withdrawn at the maximum lifetime").await;
+    assert!(
+        f.jobs.get("forever").await.unwrap().status.and_then(|s| s.completion_time).is_none(),
+        "the task was meant to still run"
+    );
+    // No certificate the grant ever had outlives its lifetime (renewals were capped),
+    // and each one is revoked.
+    let records: Api<CertificateRecord> = f.ns.api();
+    let mine = records
+        .list(&kube::api::ListParams::default().labels(&format!("mandate.dev/grant-uid={uid}")))
+        .await
+        .unwrap()
+        .items;
+    assert!(!mine.is_empty());
+    let limit = first_issued + k8s_openapi::jiff::SignedDuration::from_secs(60);
+    for r in &mine {
+        assert!(r.spec.not_after.0 <= limit, "{} outlives the grant's lifetime", r.name_any());
+        assert!(r.spec.revocation.is_some(), "{} is not revoked", r.name_any());
+    }
+    // One still valid is on the CRL (one that expired with the lifetime needs no entry).
+    let (_, listed) = f.crl().await;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    for r in mine.iter().filter(|r| r.spec.not_after.0 > now) {
+        assert!(listed.contains(&r.name_any()), "{} is valid and not listed", r.name_any());
+    }
+    assert!(mine.iter().any(|r| r.name_any() == serial));
+    f.ns.cleanup().await;
+}

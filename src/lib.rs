@@ -10,6 +10,7 @@ pub mod conditions;
 pub mod controller;
 pub mod decide;
 pub mod decision;
+pub mod failpoint;
 pub mod metrics;
 pub mod pki;
 pub mod policy;

@@ -22,6 +22,8 @@ async fn main() -> std::process::ExitCode {
         },
         Command::Run(args) => {
             mandate::telemetry::init(args.log_format);
+            #[cfg(feature = "failpoints")]
+            let _failpoints = mandate::failpoint::setup();
             match mandate::runtime::run(*args).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {

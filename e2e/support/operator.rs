@@ -20,6 +20,8 @@ pub struct Operator {
     pub metrics_port: u16,
     /// Whom it runs as.
     kubeconfig: PathBuf,
+    /// `FAILPOINTS` for the next start (crash points, see `mandate::failpoint`).
+    pub failpoints: Option<String>,
 }
 
 impl Operator {
@@ -127,11 +129,27 @@ impl Operator {
         metrics_port: u16,
         kubeconfig: PathBuf,
     ) -> Operator {
+        Self::spawn_with(namespace, args, n, webhook_port, metrics_port, kubeconfig, None)
+    }
+
+    fn spawn_with(
+        namespace: &str,
+        args: Vec<String>,
+        n: u32,
+        webhook_port: u16,
+        metrics_port: u16,
+        kubeconfig: PathBuf,
+        failpoints: Option<String>,
+    ) -> Operator {
         let dir = super::repo_root().join("target/e2e-logs");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{namespace}-operator-{n}.log"));
         let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_mandate"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mandate"));
+        if let Some(f) = &failpoints {
+            cmd.env("FAILPOINTS", f);
+        }
+        let child = cmd
             .args(&args)
             .env("KUBECONFIG", &kubeconfig)
             .env(
@@ -152,7 +170,19 @@ impl Operator {
             webhook_port,
             metrics_port,
             kubeconfig,
+            failpoints,
         }
+    }
+
+    /// Waits for the process to exit on its own (at a crash point), and returns whether
+    /// it was aborted (SIGABRT), as a crash point does.
+    pub async fn wait_crash(&mut self) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        let status = tokio::time::timeout(super::TIMEOUT, self.child.wait())
+            .await
+            .expect("the operator reached its crash point")
+            .expect("exit status");
+        status.signal() == Some(6)
     }
 
     /// Kills the process at once (SIGKILL), as a crash would, and waits for it to exit.
@@ -171,13 +201,14 @@ impl Operator {
             .and_then(|n| n.parse::<u32>().ok())
             .unwrap_or(0)
             + 1;
-        *self = Self::spawn(
+        *self = Self::spawn_with(
             namespace,
             self.args.clone(),
             n,
             self.webhook_port,
             self.metrics_port,
             self.kubeconfig.clone(),
+            self.failpoints.clone(),
         );
         self.wait_webhook(namespace).await;
     }

@@ -36,15 +36,16 @@ use super::{
 use crate::{
     api::{
         AgentIdentity, ApprovalRecord, CertificateRecordSpec, CertificateStatus, GrantPhase, RecordedGrant,
-        RecordedTask, RevocationCause, RevocationStatus, SupersededCertificate, ToolGrant, ToolGrantStatus,
+        RecordedTask, RevocationCause, SupersededCertificate, ToolGrant, ToolGrantStatus,
         names::{ANN_RENEW_AT, ANN_SERIAL, FINALIZER, LABEL_GRANT, LABEL_IDENTITY, LABEL_TASK, MANAGED_BY, MANAGER},
     },
-    conditions::{self, Desired},
     decide::{
         approval::Pick,
         grant::{CaObs, LiveCert, Observed, Plan, PolicyObs, SecretObs, decide},
+        grant_status,
         task::{self, TaskKind, TaskState},
     },
+    failpoint::crash_point,
     pki::{self, CaState, LeafRequest, OffsetDateTime},
     spiffe::SpiffeId,
 };
@@ -322,9 +323,6 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
     let decision_id = decision.as_ref().map(|d| d.decision_id.clone()).unwrap_or_default();
     let new_decision =
         evaluated.record.is_some() && previous.decision.as_ref().map(|d| &d.decision_id) != Some(&decision_id);
-    if new_decision {
-        announce_decision(&ctx, &grant, &evaluated, &decision_id, now).await;
-    }
     let issued_under = match (&evaluated.pick, &evaluated.obs) {
         (
             Pick::Approved {
@@ -341,10 +339,11 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
         }),
         _ => None,
     };
-    settle_approvals(&ctx, &ns, &evaluated, &plan).await;
+    let issues = matches!(plan, Plan::Issue { .. } | Plan::Hold { ready: true, .. });
 
-    // Apply.
-    match plan {
+    // Apply: the plan's writes in order, then the status, then what the status records
+    // is announced (`grant_status`).
+    let applied: Result<Action, Error> = async { match plan {
         Plan::Issue {
             lifetime,
             why,
@@ -388,6 +387,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                 })
                 .await
                 .map_err(Error::RecordCertificate)?;
+            crash_point("issue-after-record");
             write_secret(
                 &ctx,
                 &secrets,
@@ -400,77 +400,35 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                 secret.is_some(),
             )
             .await?;
-            let mut superseded = previous.superseded.clone();
-            if let Some(old) = &previous.certificate
-                && why == "Renewal"
-                && old.not_after.0 > now
-            {
-                superseded.push(SupersededCertificate {
-                    serial_number: old.serial_number.clone(),
-                    not_after: old.not_after.clone(),
-                });
-            }
-            // The certificate being replaced is the Secret's; after a crash between the
-            // Secret and the status writes, the status names an older one.
-            if let SecretObs::Ours(Some(c)) = &observed.secret
-                && why == "Renewal"
-                && c.not_after > now
-                && !superseded.iter().any(|s| s.serial_number == c.serial)
-            {
-                superseded.push(SupersededCertificate {
-                    serial_number: c.serial.clone(),
-                    not_after: Time(c.not_after),
-                });
-            }
-            superseded.retain(|s| s.not_after.0 > now && !revoke_first.contains(&s.serial_number));
-            let cert = CertificateStatus {
-                serial_number: leaf.serial_hex.clone(),
-                not_before: Time(to_ts(leaf.not_before)),
-                not_after: Time(to_ts(leaf.not_after)),
-                renew_after: Time(lifetime.renew_at),
-                lifetime_cap: lifetime.cap,
-                secret_name: secret_name(&grant),
-                spiffe_id: spiffe_id.to_string(),
-                sha256_fingerprint: leaf.sha256_fingerprint.clone(),
-                grant_generation: grant.metadata.generation.unwrap_or_default(),
+            crash_point("issue-after-secret");
+            let replaced_in_secret = match &observed.secret {
+                SecretObs::Ours(Some(c)) => Some((c.serial.clone(), c.not_after)),
+                _ => None,
             };
-            let message = format!(
-                "certificate {} issued until {} (capped by {:?}); decision {decision_id}",
-                leaf.serial_hex, cert.not_after.0, cert.lifetime_cap
+            let draft = grant_status::issued(
+                grant.status.as_ref(),
+                grant_status::Signed {
+                    serial: leaf.serial_hex.clone(),
+                    not_before: to_ts(leaf.not_before),
+                    not_after: to_ts(leaf.not_after),
+                    renew_at: lifetime.renew_at,
+                    cap: lifetime.cap,
+                    spiffe_id: spiffe_id.to_string(),
+                    sha256_fingerprint: leaf.sha256_fingerprint.clone(),
+                    secret_name: secret_name(&grant),
+                    why,
+                    replaced_in_secret,
+                    revoked_first: revoke_first.clone(),
+                },
+                decision.clone(),
+                issued_under.clone(),
+                grant.metadata.generation,
+                now,
             );
-            let status = ToolGrantStatus {
-                phase: Some(GrantPhase::Issued),
-                certificate: Some(cert),
-                revocation: None,
-                superseded,
-                first_issued: previous.first_issued.clone().or(Some(Time(now))),
-                decision: decision.clone(),
-                approval: issued_under.clone(),
-                observed_generation: grant.metadata.generation,
-                conditions: conditions::merge(
-                    &previous.conditions,
-                    vec![
-                        Desired {
-                            type_: conditions::READY,
-                            status: true,
-                            reason: why,
-                            message: message.clone(),
-                        },
-                        Desired {
-                            type_: conditions::REVOKED,
-                            status: false,
-                            reason: "NotRevoked",
-                            message: String::new(),
-                        },
-                    ],
-                    grant.metadata.generation,
-                    now,
-                ),
-            };
-            write_status(&ctx, &grants, &grant, &status).await?;
+            write_status(&ctx, &grants, &grant, &draft.status).await?;
             info!(grant = %name, namespace = %ns, identity = %identity.name_any(), task = %grant.spec.task_ref.name,
                   serial = %leaf.serial_hex, decision_id = %decision_id, not_after = %lifetime.not_after, cap = ?lifetime.cap, why, "certificate issued");
-            publish(&ctx, &grant, EventType::Normal, why, "Issue", message).await;
+            announce(&ctx, &grant, draft.announcement).await;
             Ok(Action::requeue(until(now, lifetime.renew_at)))
         }
         Plan::Revoke {
@@ -481,53 +439,26 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             serials,
         } => {
             record_revocation(&ctx, &grant, &observed, &serials, cause).await?;
+            crash_point("revoke-after-record");
             delete_secret_if_ours(&ctx, &secrets, &grant, secret.as_ref()).await?;
-            let already = previous.phase == Some(phase);
-            let revocation = if already {
-                // Completing an earlier revocation: its record also lists what was
-                // revoked now, so the next look finds nothing left to do.
-                previous.revocation.clone().map(|mut r| {
-                    for s in &serials {
-                        if !r.serial_numbers.contains(s) {
-                            r.serial_numbers.push(s.clone());
-                        }
-                    }
-                    r
-                })
-            } else {
-                Some(RevocationStatus {
-                    reason: reason.to_string(),
-                    message: Some(message.clone()),
-                    time: Time(now),
-                    serial_numbers: serials.clone(),
-                })
-            };
-            let desired = vec![
-                Desired {
-                    type_: conditions::READY,
-                    status: false,
-                    reason,
-                    message: message.clone(),
-                },
-                Desired {
-                    type_: conditions::REVOKED,
-                    status: true,
-                    reason,
-                    message: message.clone(),
-                },
-            ];
-            let status = ToolGrantStatus {
-                revocation,
-                ..ended_status(&previous, phase, desired, grant.metadata.generation, now)
-            };
-            if grant.status.as_ref() != Some(&status) {
-                write_status(&ctx, &grants, &grant, &status).await?;
+            crash_point("revoke-after-secret");
+            let draft = grant_status::revoked(
+                grant.status.as_ref(),
+                phase,
+                reason,
+                message,
+                &serials,
+                grant.metadata.generation,
+                now,
+            );
+            if draft.write {
+                write_status(&ctx, &grants, &grant, &draft.status).await?;
             }
-            if !already {
+            if draft.announcement.is_some() {
                 info!(grant = %name, namespace = %ns, identity = %grant.spec.identity_ref.name, task = %grant.spec.task_ref.name,
                       serials = ?serials, reason, "grant revoked");
-                publish(&ctx, &grant, EventType::Normal, reason, "Revoke", message).await;
             }
+            announce(&ctx, &grant, draft.announcement).await;
             remove_finalizer(&ctx, &grants, &grant).await?;
             Ok(Action::await_change())
         }
@@ -539,37 +470,24 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
         } => {
             record_revocation(&ctx, &grant, &observed, &serials, RevocationCause::Withdrawn).await?;
             delete_secret_if_ours(&ctx, &secrets, &grant, secret.as_ref()).await?;
-            let desired = vec![Desired {
-                type_: conditions::READY,
-                status: false,
+            let draft = grant_status::withheld(
+                grant.status.as_ref(),
+                phase,
                 reason,
-                message: message.clone(),
-            }];
-            let status = ToolGrantStatus {
-                decision: decision.clone(),
-                ..ended_status(&previous, phase, desired, grant.metadata.generation, now)
-            };
-            if grant.status.as_ref() != Some(&status) {
-                write_status(&ctx, &grants, &grant, &status).await?;
-                let transition = previous.phase != Some(phase)
-                    || previous.observed_generation != grant.metadata.generation
-                    || !serials.is_empty();
-                if transition {
-                    warn!(grant = %name, namespace = %ns, identity = %grant.spec.identity_ref.name, reason, %message,
-                          revoked = ?serials, phase = ?phase, "grant withheld");
-                    let type_ = if phase == GrantPhase::AwaitingApproval {
-                        EventType::Normal
-                    } else {
-                        EventType::Warning
-                    };
-                    let note = if decision_id.is_empty() {
-                        message
-                    } else {
-                        format!("{message} (decision {decision_id})")
-                    };
-                    publish(&ctx, &grant, type_, reason, "Withhold", note).await;
-                }
+                message.clone(),
+                &serials,
+                decision.clone(),
+                grant.metadata.generation,
+                now,
+            );
+            if draft.write {
+                write_status(&ctx, &grants, &grant, &draft.status).await?;
             }
+            if draft.announcement.is_some() {
+                warn!(grant = %name, namespace = %ns, identity = %grant.spec.identity_ref.name, reason, %message,
+                      revoked = ?serials, phase = ?phase, "grant withheld");
+            }
+            announce(&ctx, &grant, draft.announcement).await;
             Ok(Action::await_change())
         }
         Plan::Hold {
@@ -582,56 +500,29 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             if !phase.is_final() {
                 ensure_finalizer(&ctx, &grants, &grant).await?;
             }
-            // An issued grant whose status already reports this generation as ready keeps
-            // its conditions as written at issuance, and a revoked or expired one keeps
-            // those its revocation wrote (they say why): rewriting only the wording would
-            // cost a write, an Event and a reconcile per grant for nothing.
-            let unchanged = (phase == GrantPhase::Issued
-                && previous.phase == Some(GrantPhase::Issued)
-                && previous.observed_generation == grant.metadata.generation
-                && conditions::is_true(&previous.conditions, conditions::READY))
-                || (phase.is_final() && previous.phase == Some(phase));
-            let conditions = if unchanged {
-                previous.conditions.clone()
+            let adopted = if phase == GrantPhase::Issued {
+                adopted(&previous, &grant, secret.as_ref(), &observed, now)
             } else {
-                conditions::merge(
-                    &previous.conditions,
-                    vec![Desired {
-                        type_: conditions::READY,
-                        status: ready,
-                        reason,
-                        message: message.clone(),
-                    }],
-                    grant.metadata.generation,
-                    now,
-                )
+                None
             };
-            let mut status = ToolGrantStatus {
-                phase: Some(phase),
-                observed_generation: grant.metadata.generation,
-                conditions,
-                decision: decision.clone(),
-                ..previous.clone()
-            };
-            if phase == GrantPhase::Issued
-                && let Some((current, superseded)) = adopted(&previous, &grant, secret.as_ref(), &observed, now)
-            {
-                status.certificate = Some(current);
-                status.superseded = superseded;
+            let draft = grant_status::held(
+                grant.status.as_ref(),
+                phase,
+                ready,
+                reason,
+                message.clone(),
+                decision.clone(),
+                adopted,
+                grant.metadata.generation,
+                now,
+            );
+            if draft.write {
+                write_status(&ctx, &grants, &grant, &draft.status).await?;
             }
-            if grant.status.as_ref() != Some(&status) {
-                let transition = previous
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == conditions::READY)
-                    .map(|c| c.reason.as_str())
-                    != Some(reason);
-                write_status(&ctx, &grants, &grant, &status).await?;
-                if transition && !ready {
-                    info!(grant = %name, namespace = %ns, reason, %message, "grant waiting");
-                    publish(&ctx, &grant, EventType::Warning, reason, "Wait", message).await;
-                }
+            if draft.announcement.is_some() {
+                info!(grant = %name, namespace = %ns, reason, %message, "grant waiting");
             }
+            announce(&ctx, &grant, draft.announcement).await;
             if phase.is_final() {
                 remove_finalizer(&ctx, &grants, &grant).await?;
             }
@@ -640,7 +531,16 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                 None => Action::await_change(),
             })
         }
+    } }
+    .await;
+    let action = applied?;
+    // Then the decision and the approvals it used: only once the grant's own status
+    // says what became of them (a failed apply announces nothing; its retry does).
+    if new_decision {
+        announce_decision(&ctx, &grant, &evaluated, &decision_id, now).await;
     }
+    settle_approvals(&ctx, &ns, &evaluated, issues).await;
+    Ok(action)
 }
 
 /// The certificate the grant's Secret holds, when the status names another one: a
@@ -689,24 +589,6 @@ fn adopted(
         grant_generation: live.grant_generation,
     };
     Some((current, superseded))
-}
-
-/// The status of a grant whose certificates were just revoked (Revoked, Expired) or
-/// withdrawn (Denied): no superseded serials remain, the rest of the status is kept.
-fn ended_status(
-    previous: &ToolGrantStatus,
-    phase: GrantPhase,
-    desired: Vec<Desired<'_>>,
-    generation: Option<i64>,
-    now: Timestamp,
-) -> ToolGrantStatus {
-    ToolGrantStatus {
-        phase: Some(phase),
-        superseded: vec![],
-        observed_generation: generation,
-        conditions: conditions::merge(&previous.conditions, desired, generation, now),
-        ..previous.clone()
-    }
 }
 
 fn until(now: Timestamp, t: Timestamp) -> Duration {
@@ -1045,6 +927,16 @@ async fn publish(ctx: &Context, grant: &ToolGrant, type_: EventType, reason: &st
     }
 }
 
+/// Posts a drafted announcement (after the status that records it was written).
+async fn announce(ctx: &Context, grant: &ToolGrant, announcement: Option<grant_status::Announcement>) {
+    let Some(a) = announcement else { return };
+    let type_ = match a.severity {
+        grant_status::Severity::Normal => EventType::Normal,
+        grant_status::Severity::Warning => EventType::Warning,
+    };
+    publish(ctx, grant, type_, a.reason, a.action, a.note).await;
+}
+
 /// Logs a new policy decision, counts it, and reports Audit policies' would-be denials
 /// (an Event on the grant, the AgentPolicies' status, metrics).
 async fn announce_decision(
@@ -1082,13 +974,12 @@ async fn announce_decision(
 }
 
 /// Writes what became of each ToolGrantApproval naming this grant into its status.
-async fn settle_approvals(ctx: &Context, ns: &str, evaluated: &decision::Evaluated, plan: &Plan) {
+async fn settle_approvals(ctx: &Context, ns: &str, evaluated: &decision::Evaluated, issued: bool) {
     let picked = match &evaluated.pick {
         Pick::Approved { name, .. } => Some(name.as_str()),
         _ => None,
     };
     for v in &evaluated.verdicts {
-        let issued = matches!(plan, Plan::Issue { .. } | Plan::Hold { ready: true, .. });
         let (state, message) = match (&evaluated.obs, v.state) {
             (PolicyObs::Allow, "Pending") if issued && Some(v.name.as_str()) == picked => {
                 ("Used", "the grant is issued under this approval".to_string())

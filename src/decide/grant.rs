@@ -260,11 +260,16 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         } else {
             GrantPhase::Revoked
         };
+        // The status then says what it would have said without the crash: the record's
+        // cause, not that a revocation was completed.
         return Plan::Revoke {
             phase,
-            reason: "RevocationCompleted",
+            reason: cause.as_str(),
             cause,
-            message: format!("the revocation record says this grant ended ({})", cause.as_str()),
+            message: format!(
+                "the revocation record says this grant ended ({}); completing its revocation",
+                cause.as_str()
+            ),
             serials: live_serials(o),
         };
     }
@@ -699,7 +704,7 @@ mod tests {
                 phase, reason, cause, ..
             } => {
                 assert_eq!(phase, GrantPhase::Revoked);
-                assert_eq!(reason, "RevocationCompleted");
+                assert_eq!(reason, "TaskCompleted", "the status says why, as without a crash");
                 assert_eq!(cause, RevocationCause::TaskCompleted);
             }
             other => panic!("{other:?}"),

@@ -5,6 +5,7 @@
 
 pub mod approval;
 pub mod grant;
+pub mod grant_status;
 pub mod lifetime;
 pub mod scope;
 pub mod task;

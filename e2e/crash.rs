@@ -1,0 +1,192 @@
+//! The crash windows themselves (threat 31): the operator aborted at a crash point
+//! between two of its writes (`mandate::failpoint`; the e2e build has the `failpoints`
+//! feature), then started again. Neither a duplicate certificate nor a lost revocation.
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{Api, ResourceExt, api::ListParams};
+use mandate::api::{CertificateRecord, GrantPhase, RevocationCause, ToolGrant};
+
+use crate::{
+    grants::{Fixture, crl_of, github},
+    support::{
+        kubelet::{self, Outcome},
+        wait::wait_deleted,
+        wait_for,
+    },
+};
+
+/// Every record of the grant object `uid`: (serial, revoked because).
+async fn records_of(f: &Fixture, uid: &str) -> Vec<(String, Option<RevocationCause>)> {
+    let records: Api<CertificateRecord> = f.ns.api();
+    let mut out: Vec<_> = records
+        .list(&ListParams::default().labels(&format!("mandate.dev/grant-uid={uid}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| (r.name_any(), r.spec.revocation.map(|v| v.reason)))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Restarts the operator with `FAILPOINTS` set to `point=return`.
+async fn arm(f: &mut Fixture, point: &str) {
+    f.op.failpoints = Some(format!("{point}=return"));
+    f.op.restart(&f.ns.name).await;
+}
+
+/// Waits for the operator to abort at its crash point, then starts it without one.
+async fn crash_and_restart(f: &mut Fixture) {
+    assert!(
+        f.op.wait_crash().await,
+        "the operator exited, but not at its crash point"
+    );
+    f.op.failpoints = None;
+    f.op.restart(&f.ns.name).await;
+}
+
+#[tokio::test]
+async fn threat_31_a_crash_between_recording_and_writing_the_secret_issues_once_and_revokes_the_orphan() {
+    let mut f = Fixture::new("crash-record").await;
+    f.identity("triage").await;
+    f.job("work", None).await;
+    arm(&mut f, "issue-after-record").await;
+    let uid = f
+        .grant("g", "triage", ("batch/v1", "Job", "work"), github(), None)
+        .await
+        .uid()
+        .unwrap();
+    assert!(f.op.wait_crash().await);
+
+    // The window: the serial is recorded, nobody holds it.
+    let recorded = records_of(&f, &uid).await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].1, None);
+    assert!(f.secrets.get_opt("g").await.unwrap().is_none());
+    let orphan = recorded[0].0.clone();
+
+    f.op.failpoints = None;
+    f.op.restart(&f.ns.name).await;
+    let serial = f.issued_serial("g").await;
+    assert_ne!(serial, orphan);
+    // The serial signed before the crash is revoked (nobody may turn up holding it), and
+    // the grant's generation has exactly one live certificate.
+    let records: Api<CertificateRecord> = f.ns.api();
+    let o = orphan.clone();
+    wait_for(&records, &orphan, "revoked", |r: &CertificateRecord| {
+        r.spec.revocation.is_some()
+    })
+    .await;
+    f.wait_revoked_in_crl(&o).await;
+    let after = records_of(&f, &uid).await;
+    let live: Vec<_> = after
+        .iter()
+        .filter(|(_, r)| r.is_none())
+        .map(|(s, _)| s.clone())
+        .collect();
+    assert_eq!(live, vec![serial.clone()], "{after:?}");
+    assert_eq!(
+        f.secrets.get("g").await.unwrap().annotations()["mandate.dev/serial"],
+        serial
+    );
+    f.ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn threat_31_a_crash_between_writing_the_secret_and_the_status_adopts_the_certificate() {
+    let mut f = Fixture::new("crash-secret").await;
+    f.identity("triage").await;
+    f.job("work", None).await;
+    arm(&mut f, "issue-after-secret").await;
+    let uid = f
+        .grant("g", "triage", ("batch/v1", "Job", "work"), github(), None)
+        .await
+        .uid()
+        .unwrap();
+    crash_and_restart(&mut f).await;
+
+    let serial = f.issued_serial("g").await;
+    let records = records_of(&f, &uid).await;
+    assert_eq!(records, vec![(serial.clone(), None)], "a second certificate was signed");
+    assert_eq!(
+        f.secrets.get("g").await.unwrap().annotations()["mandate.dev/serial"],
+        serial
+    );
+    f.ns.cleanup().await;
+}
+
+/// Issues `g`, arms `point`, ends the task, and waits for the crash.
+async fn revoke_into(point: &str, prefix: &str) -> (Fixture, String, String) {
+    let mut f = Fixture::new(prefix).await;
+    f.identity("triage").await;
+    f.job("work", None).await;
+    let uid = f
+        .grant("g", "triage", ("batch/v1", "Job", "work"), github(), None)
+        .await
+        .uid()
+        .unwrap();
+    let serial = f.issued_serial("g").await;
+    arm(&mut f, point).await;
+    kubelet::finish_job_pod(&f.pods, "work", Outcome::Succeeded).await;
+    assert!(f.op.wait_crash().await);
+    (f, uid, serial)
+}
+
+/// After the restart: revoked once, listed, withdrawn, released, nothing issued again.
+async fn revoked_for_good(f: &Fixture, uid: &str, serial: &str) {
+    let g = f.wait_phase("g", GrantPhase::Revoked).await;
+    assert_eq!(
+        g.status.as_ref().unwrap().revocation.as_ref().unwrap().reason,
+        "TaskCompleted"
+    );
+    wait_deleted(&f.secrets, "g", "withdrawn").await;
+    f.wait_revoked_in_crl(serial).await;
+    wait_for(&f.grants, "g", "finalizer removed", |g: &ToolGrant| {
+        !g.finalizers().iter().any(|x| x == "mandate.dev/revocation")
+    })
+    .await;
+    assert_eq!(
+        records_of(f, uid).await,
+        vec![(serial.to_string(), Some(RevocationCause::TaskCompleted))],
+        "a certificate was issued after the task ended"
+    );
+}
+
+#[tokio::test]
+async fn threat_31_a_crash_between_recording_a_revocation_and_deleting_the_secret_loses_nothing() {
+    let (mut f, uid, serial) = revoke_into("revoke-after-record", "crash-revoke").await;
+    // The window: revoked in the record and the CRL, the Secret still there.
+    let records: Api<CertificateRecord> = f.ns.api();
+    assert_eq!(
+        records.get(&serial).await.unwrap().spec.revocation.map(|r| r.reason),
+        Some(RevocationCause::TaskCompleted)
+    );
+    assert!(f.secrets.get_opt("g").await.unwrap().is_some());
+    let cms: Api<ConfigMap> = f.ns.api();
+    assert!(
+        crl_of(&cms.get("mandate-crl").await.unwrap())
+            .unwrap()
+            .1
+            .contains(&serial)
+    );
+
+    f.op.failpoints = None;
+    f.op.restart(&f.ns.name).await;
+    revoked_for_good(&f, &uid, &serial).await;
+    f.ns.cleanup().await;
+}
+
+#[tokio::test]
+async fn threat_31_a_crash_between_deleting_the_secret_and_the_status_neither_reissues_nor_forgets() {
+    let (mut f, uid, serial) = revoke_into("revoke-after-secret", "crash-withdrawn").await;
+    // The window: the Secret gone, the status still says Issued.
+    assert!(f.secrets.get_opt("g").await.unwrap().is_none());
+    let g = f.grants.get("g").await.unwrap();
+    assert_eq!(g.status.and_then(|s| s.phase), Some(GrantPhase::Issued));
+
+    f.op.failpoints = None;
+    f.op.restart(&f.ns.name).await;
+    revoked_for_good(&f, &uid, &serial).await;
+    f.ns.cleanup().await;
+}
