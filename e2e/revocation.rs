@@ -603,7 +603,13 @@ async fn threat_10_a_task_that_never_ends_loses_its_certificate_at_the_grants_ma
     );
     wait_deleted(&f.secrets, "g", "withdrawn at the maximum lifetime").await;
     assert!(
-        f.jobs.get("forever").await.unwrap().status.and_then(|s| s.completion_time).is_none(),
+        f.jobs
+            .get("forever")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.completion_time)
+            .is_none(),
         "the task was meant to still run"
     );
     // No certificate the grant ever had outlives its lifetime (renewals were capped),
@@ -617,14 +623,22 @@ async fn threat_10_a_task_that_never_ends_loses_its_certificate_at_the_grants_ma
     assert!(!mine.is_empty());
     let limit = first_issued + k8s_openapi::jiff::SignedDuration::from_secs(60);
     for r in &mine {
-        assert!(r.spec.not_after.0 <= limit, "{} outlives the grant's lifetime", r.name_any());
+        assert!(
+            r.spec.not_after.0 <= limit,
+            "{} outlives the grant's lifetime",
+            r.name_any()
+        );
         assert!(r.spec.revocation.is_some(), "{} is not revoked", r.name_any());
     }
     // One still valid is on the CRL (one that expired with the lifetime needs no entry).
     let (_, listed) = f.crl().await;
     let now = k8s_openapi::jiff::Timestamp::now();
     for r in mine.iter().filter(|r| r.spec.not_after.0 > now) {
-        assert!(listed.contains(&r.name_any()), "{} is valid and not listed", r.name_any());
+        assert!(
+            listed.contains(&r.name_any()),
+            "{} is valid and not listed",
+            r.name_any()
+        );
     }
     assert!(mine.iter().any(|r| r.name_any() == serial));
     f.ns.cleanup().await;

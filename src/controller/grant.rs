@@ -181,7 +181,9 @@ pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Acti
         .fair
         .acquire(cached.namespace().as_deref().unwrap_or_default())
         .await;
-    let res = super::within_deadline(reconcile_grant(cached.clone(), &ctx)).await;
+    // Boxed only once it may run: a reconcile waiting for its turn (thousands, in a
+    // flood) then holds a few words, not the whole reconcile's state machine.
+    let res = super::within_deadline(Box::pin(reconcile_grant(cached.clone(), &ctx))).await;
     super::succeeded(&ctx, cached.as_ref(), &res);
     if res.is_err() {
         // Something we wrote may or may not have landed: read fresh next time.
