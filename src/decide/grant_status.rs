@@ -229,7 +229,7 @@ pub fn revoked(
         revocation,
         ..ended(&previous, phase, desired, generation, now)
     };
-    let announcement = (!already).then(|| Announcement {
+    let announcement = (!already).then_some(Announcement {
         severity: Severity::Normal,
         reason,
         action: "Revoke",
@@ -342,7 +342,7 @@ pub fn held(
         .find(|c| c.type_ == conditions::READY)
         .map(|c| c.reason.as_str())
         != Some(reason);
-    let announcement = (new_reason && !ready).then(|| Announcement {
+    let announcement = (new_reason && !ready).then_some(Announcement {
         severity: Severity::Warning,
         reason,
         action: "Wait",
