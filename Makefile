@@ -21,6 +21,7 @@ test: lint unit check-generated e2e
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --all-targets --features failpoints -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
