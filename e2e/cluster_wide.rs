@@ -69,11 +69,43 @@ impl RevocationOrder {
     }
 }
 
+/// Deletes the admission configurations of every cluster-wide operator these tests
+/// started (named `mandate-<CA namespace>`, CA namespaces `e2e-fair-ca-*`): unlike a
+/// namespaced operator's, they select every namespace, and would outlive the test.
+async fn remove_cluster_wide_admission(c: &kube::Client) {
+    for (kind, plural) in [
+        ("MutatingAdmissionPolicy", "mutatingadmissionpolicies"),
+        ("MutatingAdmissionPolicyBinding", "mutatingadmissionpolicybindings"),
+        ("ValidatingAdmissionPolicy", "validatingadmissionpolicies"),
+        ("ValidatingAdmissionPolicyBinding", "validatingadmissionpolicybindings"),
+        ("MutatingWebhookConfiguration", "mutatingwebhookconfigurations"),
+        ("ValidatingWebhookConfiguration", "validatingwebhookconfigurations"),
+    ] {
+        let ar = kube::api::ApiResource {
+            group: "admissionregistration.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "admissionregistration.k8s.io/v1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let api: Api<kube::api::DynamicObject> = Api::all_with(c.clone(), &ar);
+        let Ok(list) = api.list_metadata(&Default::default()).await else {
+            continue;
+        };
+        for o in list.items {
+            if o.name_any().starts_with("mandate-e2e-fair-ca-") {
+                let _ = api.delete(&o.name_any(), &DeleteParams::default()).await;
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn threat_39_one_namespaces_mass_revocation_does_not_hold_up_anothers() {
     const FLOOD: usize = 150;
     let c = client().await;
     install_crds(&c).await;
+    remove_cluster_wide_admission(&c).await;
     let ca = TestNamespace::new(&c, "fair-ca").await;
     let flood = TestNamespace::new(&c, "fair-flood").await;
     let quiet = TestNamespace::new(&c, "fair-quiet").await;
@@ -172,6 +204,8 @@ async fn threat_39_one_namespaces_mass_revocation_does_not_hold_up_anothers() {
     let q_secrets: Api<k8s_openapi::api::core::v1::Secret> = quiet.api();
     wait_deleted(&q_secrets, "solo", "withdrawn").await;
     watch.abort();
+    drop(f.op);
+    remove_cluster_wide_admission(&c).await;
     f.ns.cleanup().await;
     quiet.cleanup().await;
     ca.cleanup().await;
