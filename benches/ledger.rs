@@ -85,9 +85,10 @@ fn watch_stored_crl(client: kube::Client, ns: &str, listed: Arc<Arrivals>) -> wa
     let (tx, rx) = watch::channel((0, 0, 0));
     tokio::spawn(async move {
         while served.changed().await.is_ok() {
-            let Served::Listed { number, der } = served.borrow_and_update().clone() else {
+            let Served::Listed(crl) = served.borrow_and_update().clone() else {
                 continue;
             };
+            let (number, der) = (crl.number, crl.der.clone());
             let (_, crl) = x509_parser::parse_x509_crl(&der).expect("the stored CRL parses");
             let mut entries = 0;
             for r in crl.iter_revoked_certificates() {

@@ -226,7 +226,18 @@ async fn threat_26_an_invalid_policy_fails_closed_and_says_where() {
     // invalid policy, and the grant says why.
     f.grant("g", "triage", ("batch/v1", "Job", "work"), tools(&["read"]), None)
         .await;
-    let g = wait_reason(&f, "g", GrantPhase::Pending, "PolicyInvalid").await;
+    // Pending, or Denied if the operator decided once before its policy store took in
+    // the broken policy (the AgentPolicy's status can be written first): either way
+    // not issued, and held for the invalid policy.
+    let g = wait_for(&f.grants, "g", "held: PolicyInvalid", |g: &ToolGrant| {
+        g.status.as_ref().is_some_and(|s| {
+            matches!(s.phase, Some(GrantPhase::Pending | GrantPhase::Denied))
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.reason == "PolicyInvalid")
+        })
+    })
+    .await;
     let ready = ready_condition(g);
     assert!(ready.message.contains("broken"), "{}", ready.message);
     assert!(f.secrets.get_opt("g").await.unwrap().is_none());

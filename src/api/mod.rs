@@ -21,7 +21,8 @@ pub use policy::{
     AgentPolicy, AgentPolicySpec, AgentPolicyStatus, AuditDenial, AuditSummary, PolicyError, PolicyMode, PolicySummary,
 };
 pub use record::{
-    CertificateRecord, CertificateRecordSpec, RecordedGrant, RecordedRevocation, RecordedTask, RevocationCause,
+    CertificateRecord, CertificateRecordSpec, RecordFacts, RecordedGrant, RecordedRevocation, RecordedTask,
+    RevocationCause,
 };
 pub use tool::{Sensitivity, ToolScope};
 

@@ -1,4 +1,4 @@
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -146,5 +146,59 @@ impl RevocationCause {
             self,
             RevocationCause::ScopeChanged | RevocationCause::SecretLost | RevocationCause::Withdrawn
         )
+    }
+}
+
+/// What Mandate needs of one record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordFacts {
+    pub serial: String,
+    pub not_after: Timestamp,
+    pub grant_namespace: String,
+    pub grant_name: String,
+    pub grant_uid: String,
+    pub generation: i64,
+    pub task_uid: String,
+    /// When and why it was revoked, if it was.
+    pub revoked: Option<(Timestamp, RevocationCause)>,
+    /// Someone asked the API server to delete the record (its finalizer holds it).
+    pub deleting: bool,
+}
+
+impl RecordFacts {
+    /// A record of grant `g` (UID `g-uid`, namespace `ns`, generation 1, task `t-uid`),
+    /// revoked at `revoked` (seconds) as TaskCompleted if given; for tests.
+    #[cfg(test)]
+    pub fn sample(serial: &str, not_after: i64, revoked: Option<i64>) -> RecordFacts {
+        RecordFacts {
+            serial: serial.into(),
+            not_after: Timestamp::from_second(not_after).unwrap(),
+            grant_namespace: "ns".into(),
+            grant_name: "g".into(),
+            grant_uid: "g-uid".into(),
+            generation: 1,
+            task_uid: "t-uid".into(),
+            revoked: revoked.map(|t| (Timestamp::from_second(t).unwrap(), RevocationCause::TaskCompleted)),
+            deleting: false,
+        }
+    }
+
+    pub fn of(r: &CertificateRecord) -> RecordFacts {
+        RecordFacts {
+            serial: r.spec.serial_number.clone(),
+            not_after: r.spec.not_after.0,
+            grant_namespace: r.spec.grant.namespace.clone(),
+            grant_name: r.spec.grant.name.clone(),
+            grant_uid: r.spec.grant.uid.clone(),
+            generation: r.spec.grant.generation,
+            task_uid: r.spec.task.uid.clone(),
+            revoked: r.spec.revocation.as_ref().map(|v| (v.time.0, v.reason)),
+            deleting: r.metadata.deletion_timestamp.is_some(),
+        }
+    }
+
+    /// Valid and not revoked at `now`.
+    pub fn is_live(&self, now: Timestamp) -> bool {
+        self.revoked.is_none() && self.not_after > now
     }
 }

@@ -345,6 +345,8 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
 
     // Apply: the plan's writes in order, then the status, then what the status records
     // is announced (`grant_status`).
+    // A new decision is announced right after the status that stores it is written
+    // (and not for a revocation, whose status does not take it).
     let applied: Result<Action, Error> = async { match plan {
         Plan::Issue {
             lifetime,
@@ -428,6 +430,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                 now,
             );
             write_status(&ctx, &grants, &grant, &draft.status).await?;
+            announce_new_decision(&ctx, &grant, &evaluated, new_decision, &decision_id, now).await;
             info!(grant = %name, namespace = %ns, identity = %identity.name_any(), task = %grant.spec.task_ref.name,
                   serial = %leaf.serial_hex, decision_id = %decision_id, not_after = %lifetime.not_after, cap = ?lifetime.cap, why, "certificate issued");
             announce(&ctx, &grant, draft.announcement).await;
@@ -484,6 +487,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             );
             if draft.write {
                 write_status(&ctx, &grants, &grant, &draft.status).await?;
+                announce_new_decision(&ctx, &grant, &evaluated, new_decision, &decision_id, now).await;
             }
             if draft.announcement.is_some() {
                 warn!(grant = %name, namespace = %ns, identity = %grant.spec.identity_ref.name, reason, %message,
@@ -520,6 +524,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             );
             if draft.write {
                 write_status(&ctx, &grants, &grant, &draft.status).await?;
+                announce_new_decision(&ctx, &grant, &evaluated, new_decision, &decision_id, now).await;
             }
             if draft.announcement.is_some() {
                 info!(grant = %name, namespace = %ns, reason, %message, "grant waiting");
@@ -536,11 +541,8 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
     } }
     .await;
     let action = applied?;
-    // Then the decision and the approvals it used: only once the grant's own status
-    // says what became of them (a failed apply announces nothing; its retry does).
-    if new_decision {
-        announce_decision(&ctx, &grant, &evaluated, &decision_id, now).await;
-    }
+    // Then the approvals the decision used: only once the grant's own status says what
+    // became of them (a failed apply settles nothing; its retry does).
     settle_approvals(&ctx, &ns, &evaluated, issues).await;
     Ok(action)
 }
@@ -937,6 +939,20 @@ async fn announce(ctx: &Context, grant: &ToolGrant, announcement: Option<grant_s
         grant_status::Severity::Warning => EventType::Warning,
     };
     publish(ctx, grant, type_, a.reason, a.action, a.note).await;
+}
+
+/// Announces the decision if it is new (see [`announce_decision`]).
+async fn announce_new_decision(
+    ctx: &Context,
+    grant: &ToolGrant,
+    evaluated: &decision::Evaluated,
+    new_decision: bool,
+    id: &str,
+    now: Timestamp,
+) {
+    if new_decision {
+        announce_decision(ctx, grant, evaluated, id, now).await;
+    }
 }
 
 /// Logs a new policy decision, counts it, and reports Audit policies' would-be denials

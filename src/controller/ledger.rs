@@ -19,7 +19,10 @@
 //! number is the signing time in milliseconds, or one more than the highest number
 //! seen if that is larger, so it never goes backwards, not even across a reset.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -47,7 +50,7 @@ use crate::{
     },
     pki::{CaState, CrlEntry, CrlRequest, OffsetDateTime, RevocationReason},
     state::{
-        crl::{Head, Layout, MAX_PARTS, Served, assemble, layout, parse_head, part_name},
+        crl::{Head, Layout, MAX_PARTS, Served, assemble, layout, parse_head},
         ready::Ready,
         records::{RecordFacts, RecordIndex},
     },
@@ -57,6 +60,9 @@ use crate::{
 const LEGACY_LEDGER_KEY: &str = "revoked.json";
 /// Most revocations folded into one CRL write; bounds the time one write takes.
 const MAX_BATCH: usize = 1000;
+/// A part nothing names is deleted once it is this old: a writer names its parts
+/// within seconds of creating them, so an older one is an orphan.
+const ORPHAN_AGE: Duration = Duration::from_secs(600);
 /// Retries of a failed CRL write back off from this to [`RETRY_MAX`].
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -435,25 +441,80 @@ pub fn next_number(stored: Option<u64>, highest_seen: u64, now: Timestamp) -> u6
     stored.unwrap_or(0).max(highest_seen).saturating_add(1).max(floor)
 }
 
-/// The CRL's entries: every revoked, unexpired serial, once, in serial order.
-pub fn crl_entries(from_index: Vec<RecordFacts>, extra: &[RecordFacts], now: Timestamp) -> Vec<CrlEntry> {
-    let mut by_serial: BTreeMap<String, RecordFacts> = BTreeMap::new();
-    for f in from_index.into_iter().chain(extra.iter().cloned()) {
-        if f.revoked.is_some() && f.not_after > now {
-            by_serial.entry(f.serial.clone()).or_insert(f);
+/// One revoked serial as the CRL needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    pub serial: String,
+    pub not_after: Timestamp,
+    pub at: Timestamp,
+    pub cause: RevocationCause,
+}
+
+impl Revoked {
+    pub fn of(f: &RecordFacts) -> Option<Revoked> {
+        let (at, cause) = f.revoked?;
+        Some(Revoked {
+            serial: f.serial.clone(),
+            not_after: f.not_after,
+            at,
+            cause,
+        })
+    }
+
+    fn entry(self) -> CrlEntry {
+        CrlEntry {
+            serial_hex: self.serial,
+            revoked_at: to_offset(self.at),
+            reason: rfc5280_reason(self.cause),
         }
     }
-    by_serial
-        .into_values()
-        .map(|f| {
-            let (at, cause) = f.revoked.expect("filtered on revoked");
-            CrlEntry {
-                serial_hex: f.serial,
-                revoked_at: to_offset(at),
-                reason: rfc5280_reason(cause),
+}
+
+/// Revoked and unexpired, once per serial (the earliest revocation), oldest first.
+fn ordered(revoked: impl IntoIterator<Item = Revoked>, now: Timestamp) -> Vec<Revoked> {
+    let mut by_serial: HashMap<String, Revoked> = HashMap::new();
+    for r in revoked.into_iter().filter(|r| r.not_after > now) {
+        match by_serial.get(&r.serial) {
+            Some(kept) if kept.at <= r.at => {}
+            _ => {
+                by_serial.insert(r.serial.clone(), r);
             }
-        })
+        }
+    }
+    let mut out: Vec<Revoked> = by_serial.into_values().collect();
+    out.sort_by(|a, b| (a.at, &a.serial).cmp(&(b.at, &b.serial)));
+    out
+}
+
+/// A whole CRL's entries, rebuilt from the record: every revoked, unexpired serial,
+/// once, in the order they were revoked.
+pub fn crl_entries(revoked: impl IntoIterator<Item = Revoked>, now: Timestamp) -> Vec<CrlEntry> {
+    ordered(revoked, now).into_iter().map(Revoked::entry).collect()
+}
+
+/// The next CRL's entries between two rebuilds: the last CRL's, unchanged and in the
+/// same order, then the serials revoked since. Nothing is dropped, not even an entry
+/// that has expired meanwhile: RFC 5280 (3.3) keeps an entry until it has appeared on
+/// one scheduled CRL past its certificate's expiry, and the scheduled rebuild drops it.
+/// Appending keeps every stored part but the first and the last byte for byte.
+pub fn appended_entries(
+    listed: &[CrlEntry],
+    listed_serials: &HashSet<String>,
+    revoked: impl IntoIterator<Item = Revoked>,
+    now: Timestamp,
+) -> Vec<CrlEntry> {
+    let new = ordered(revoked.into_iter().filter(|r| !listed_serials.contains(&r.serial)), now);
+    listed
+        .iter()
+        .cloned()
+        .chain(new.into_iter().map(Revoked::entry))
         .collect()
+}
+
+/// What the last CRL this process wrote listed.
+struct Listed {
+    entries: Vec<CrlEntry>,
+    serials: HashSet<String>,
 }
 
 struct Writer {
@@ -467,6 +528,11 @@ struct Writer {
     /// fresh.
     last: Option<(ConfigMap, Stored)>,
     highest: u64,
+    /// The entries of the last CRL written, to append to; `None` rebuilds from the
+    /// record (at start, at the scheduled refresh, after anyone else's change).
+    listed: Option<Listed>,
+    /// Parts the CRL ConfigMap named before our last write: no longer named, ours to delete.
+    unnamed: Vec<String>,
 }
 
 async fn run(cfg: LedgerConfig, mut rx: mpsc::Receiver<Request>, health: watch::Sender<Health>) {
@@ -493,6 +559,8 @@ async fn run(cfg: LedgerConfig, mut rx: mpsc::Receiver<Request>, health: watch::
         cfg,
         last: None,
         highest: 0,
+        listed: None,
+        unnamed: vec![],
     };
     let mut refresh = tokio::time::interval(w.cfg.validity / 2);
     let mut retry: Option<Duration> = None;
@@ -504,18 +572,27 @@ async fn run(cfg: LedgerConfig, mut rx: mpsc::Receiver<Request>, health: watch::
                 Some(r) => batch.push(r),
                 None => return,
             },
-            _ = refresh.tick() => {}
+            // The scheduled CRL: rebuilt from the record, which drops expired entries.
+            _ = refresh.tick() => w.listed = None,
             // A CA that comes back (or changes) signs what waited for it at once.
-            changed = ca.changed() => if changed.is_err() { return },
+            changed = ca.changed() => {
+                if changed.is_err() { return }
+                w.listed = None;
+            }
             () = backoff, if retry.is_some() => {}
             // A part of the CRL damaged or deleted by someone else: read everything
             // fresh, which stops issuance until it is fixed (as for the ConfigMap itself).
+            // A part repaired (re-created, restored) while issuance is stopped for it: check
+            // again, so issuance resumes without waiting for the next revocation.
             changed = served.changed() => {
                 if changed.is_err() { return }
-                if !matches!(&*served.borrow_and_update(), Served::Damaged { .. }) {
+                let damaged = matches!(&*served.borrow_and_update(), Served::Damaged { .. });
+                let stopped = matches!(*health.borrow(), Health::Unavailable { .. });
+                if !damaged && !stopped {
                     continue;
                 }
                 w.last = None;
+                w.listed = None;
             }
             event = crl_watch.next() => match event {
                 Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
@@ -524,8 +601,12 @@ async fn run(cfg: LedgerConfig, mut rx: mpsc::Receiver<Request>, health: watch::
                     }
                     // Someone else's version: read it fresh and write over it (or stop).
                     w.last = None;
+                    w.listed = None;
                 }
-                Some(Ok(watcher::Event::Delete(_))) => w.last = None,
+                Some(Ok(watcher::Event::Delete(_))) => {
+                    w.last = None;
+                    w.listed = None;
+                }
                 Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => continue,
                 Some(Err(e)) => {
                     warn!(error = %e, "watch of the CRL ConfigMap failed; retrying");
@@ -595,19 +676,40 @@ impl Writer {
             }
             let now = Timestamp::now();
             let number = next_number(stored.head.number(), self.highest, now);
-            let entries = crl_entries(self.cfg.records.revoked_unexpired(now), extra, now);
+            let extra_revoked = extra.iter().filter_map(Revoked::of);
+            let entries = match &self.listed {
+                Some(l) => appended_entries(
+                    &l.entries,
+                    &l.serials,
+                    self.cfg
+                        .records
+                        .revoked_map(|f| (!l.serials.contains(&f.serial)).then(|| Revoked::of(f)).flatten())
+                        .into_iter()
+                        .chain(extra_revoked),
+                    now,
+                ),
+                None => crl_entries(
+                    self.cfg
+                        .records
+                        .revoked_map(Revoked::of)
+                        .into_iter()
+                        .chain(extra_revoked),
+                    now,
+                ),
+            };
             let count = entries.len();
             let next_update = now + SignedDuration::try_from(self.cfg.validity).unwrap_or_default();
-            let der = ca
-                .sign_crl_der(&CrlRequest {
-                    crl_number: number,
-                    this_update: to_offset(now),
-                    next_update: to_offset(next_update),
-                    entries,
-                })
-                .map_err(LedgerError::Sign)?;
+            let request = CrlRequest {
+                crl_number: number,
+                this_update: to_offset(now),
+                next_update: to_offset(next_update),
+                entries,
+            };
+            let der = ca.sign_crl_der(&request).map_err(LedgerError::Sign)?;
+            let signed_in = started.elapsed();
+            let before = stored.head.part_names();
             let part_bytes = self.cfg.part_bytes;
-            let laid = layout(&der, part_bytes).ok_or(LedgerError::CrlTooLarge {
+            let laid = layout(&name, &der, part_bytes).ok_or(LedgerError::CrlTooLarge {
                 bytes: der.len(),
                 part_bytes,
             })?;
@@ -622,14 +724,18 @@ impl Writer {
                     }
                 }
                 Layout::Split { parts, sha256 } => {
-                    for (i, part) in parts.iter().enumerate() {
-                        self.create_part(number, i, part).await?;
+                    for (part, bytes) in parts {
+                        // Named by content: one the current CRL names already holds these bytes.
+                        if !before.contains(part) {
+                            self.create_part(part, bytes).await?;
+                        }
                     }
-                    data.insert(CRL_PARTS_KEY.into(), parts.len().to_string());
+                    let names: Vec<String> = parts.iter().map(|(n, _)| n.clone()).collect();
+                    data.insert(CRL_PARTS_KEY.into(), names.join(","));
                     data.insert(CRL_SHA256_KEY.into(), sha256.clone());
                     Head::Split {
                         number,
-                        parts: parts.len(),
+                        parts: names,
                         sha256: sha256.clone(),
                     }
                 }
@@ -657,13 +763,20 @@ impl Writer {
                         }
                         self.ours.push_back(rv);
                     }
-                    let keep = head.part_names(&name);
+                    let keep = head.part_names();
+                    let written_parts = keep.iter().filter(|p| !before.contains(p)).count();
+                    self.unnamed.extend(before.into_iter().filter(|p| !keep.contains(p)));
                     self.last = Some((written, Stored { head, legacy: vec![] }));
                     self.highest = number;
-                    self.delete_stale_parts(&keep).await;
+                    self.listed = Some(Listed {
+                        serials: request.entries.iter().map(|e| e.serial_hex.clone()).collect(),
+                        entries: request.entries,
+                    });
+                    let stored_in = started.elapsed();
+                    self.delete_unnamed_parts(&keep).await;
                     self.cfg
                         .metrics
-                        .crl_published(count, der.len(), keep.len().max(1), started.elapsed());
+                        .crl_published(count, der.len(), keep.len().max(1), stored_in);
                     if extra.is_empty() {
                         debug!(crl_number = number, entries = count, bytes = der.len(), "CRL re-signed");
                     } else {
@@ -673,6 +786,9 @@ impl Writer {
                             entries = count,
                             bytes = der.len(),
                             parts = keep.len().max(1),
+                            parts_written = written_parts,
+                            signed_ms = signed_in.as_millis() as u64,
+                            stored_ms = stored_in.as_millis() as u64,
                             "CRL published"
                         );
                     }
@@ -718,7 +834,7 @@ impl Writer {
         };
         let stored = parse_stored(&cm.data.clone().unwrap_or_default()).map_err(unreadable)?;
         let mut parts = BTreeMap::new();
-        for part in stored.head.part_names(name) {
+        for part in stored.head.part_names() {
             let bytes = self
                 .api
                 .get_opt(&part)
@@ -730,14 +846,15 @@ impl Writer {
                 parts.insert(part, bytes);
             }
         }
-        assemble(name, &stored.head, |n| parts.get(n).map(Vec::as_slice)).map_err(unreadable)?;
+        assemble(&stored.head, |n| parts.get(n).map(Vec::as_slice)).map_err(unreadable)?;
         Ok((Some(cm), stored))
     }
 
-    /// Creates one immutable part ConfigMap. One that exists already is ours from an
-    /// attempt that failed later; it is taken only if it holds the same bytes.
-    async fn create_part(&self, number: u64, index: usize, bytes: &[u8]) -> Result<(), LedgerError> {
-        let name = part_name(&self.cfg.crl_name, number, index);
+    /// Creates one immutable part ConfigMap. One that exists already (an attempt that
+    /// failed later, or an older CRL's) is taken only if it holds the same bytes, which
+    /// its name, a hash of them, all but says.
+    async fn create_part(&self, name: &str, bytes: &[u8]) -> Result<(), LedgerError> {
+        let name = name.to_string();
         let part = ConfigMap {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -775,26 +892,37 @@ impl Writer {
         }
     }
 
-    /// Deletes the parts no CRL names any more. A failure only leaves them for the next
-    /// write: the CRL that is named is whole either way.
-    async fn delete_stale_parts(&self, keep: &[String]) {
+    /// Deletes parts no CRL names any more: those our own writes stopped naming, and
+    /// orphans (of an attempt that crashed or lost a race) older than [`ORPHAN_AGE`].
+    /// Never a part another writer may be about to name: it would be seconds old. A
+    /// failure only leaves parts for the next write: the CRL that is named is whole.
+    async fn delete_unnamed_parts(&mut self, keep: &[String]) {
+        let mut doomed: Vec<String> = std::mem::take(&mut self.unnamed);
         let lp = ListParams::default().labels(&format!("{LABEL_CRL}={}", self.cfg.crl_name));
-        let listed = match self.api.list_metadata(&lp).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "failed to list CRL parts; stale parts stay until the next write");
-                return;
+        match self.api.list_metadata(&lp).await {
+            Ok(listed) => {
+                let now = Timestamp::now();
+                for part in listed.items {
+                    let name = part.name_any();
+                    let old = part
+                        .metadata
+                        .creation_timestamp
+                        .is_some_and(|t| t.0 + SignedDuration::try_from(ORPHAN_AGE).unwrap_or_default() < now);
+                    if name != self.cfg.crl_name && old && !doomed.contains(&name) {
+                        doomed.push(name);
+                    }
+                }
             }
-        };
-        for part in listed.items {
-            let name = part.name_any();
-            if name == self.cfg.crl_name || keep.contains(&name) {
-                continue;
-            }
+            Err(e) => warn!(error = %e, "failed to list CRL parts; orphaned parts stay until the next write"),
+        }
+        for name in doomed.into_iter().filter(|n| !keep.contains(n)) {
             match self.api.delete(&name, &Default::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => warn!(error = %e, part = %name, "failed to delete a stale CRL part"),
+                Err(e) => {
+                    warn!(error = %e, part = %name, "failed to delete a CRL part nothing names; retrying at the next write");
+                    self.unnamed.push(name);
+                }
             }
         }
     }
@@ -860,23 +988,59 @@ mod tests {
     fn threat_23_entries_stay_until_their_certificate_expires() {
         let now = Timestamp::from_second(1000).unwrap();
         let entries = crl_entries(
-            vec![
+            [
                 facts("aa", 999, Some(1)),
                 facts("bb", 2000, Some(1)),
                 facts("dd", 2000, None),
-            ],
-            &[facts("cc", 1500, Some(900))],
+                facts("cc", 1500, Some(900)),
+            ]
+            .iter()
+            .filter_map(Revoked::of),
             now,
         );
         let serials: Vec<_> = entries.iter().map(|e| e.serial_hex.as_str()).collect();
-        assert_eq!(serials, ["bb", "cc"], "expired and unrevoked serials are not listed");
+        assert_eq!(
+            serials,
+            ["bb", "cc"],
+            "expired and unrevoked serials are not listed; the rest in revocation order"
+        );
     }
 
     #[test]
     fn a_serial_in_the_index_and_the_request_is_listed_once() {
         let now = Timestamp::from_second(10).unwrap();
-        let entries = crl_entries(vec![facts("aa", 100, Some(1))], &[facts("aa", 100, Some(5))], now);
+        let entries = crl_entries(
+            [facts("aa", 100, Some(1)), facts("aa", 100, Some(5))]
+                .iter()
+                .filter_map(Revoked::of),
+            now,
+        );
         assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].revoked_at, to_offset(Timestamp::from_second(1).unwrap()));
+    }
+
+    #[test]
+    fn between_rebuilds_entries_are_appended_and_none_is_dropped() {
+        let now = Timestamp::from_second(1000).unwrap();
+        let first = crl_entries(
+            [facts("bb", 2000, Some(5)), facts("aa", 1001, Some(9))]
+                .iter()
+                .filter_map(Revoked::of),
+            now,
+        );
+        let serials: HashSet<String> = first.iter().map(|e| e.serial_hex.clone()).collect();
+        // "aa" expires before the next write: it stays (until the scheduled rebuild).
+        let later = Timestamp::from_second(1500).unwrap();
+        let next = appended_entries(
+            &first,
+            &serials,
+            [facts("cc", 3000, Some(1200)), facts("bb", 2000, Some(5))]
+                .iter()
+                .filter_map(Revoked::of),
+            later,
+        );
+        let listed: Vec<_> = next.iter().map(|e| e.serial_hex.as_str()).collect();
+        assert_eq!(listed, ["bb", "aa", "cc"]);
     }
 
     #[test]
@@ -966,12 +1130,16 @@ mod tests {
         #[test]
         fn the_crl_lists_exactly_the_revoked_unexpired_serials(index in prop::collection::vec(record(), 0..20), extra in prop::collection::vec(record(), 0..5)) {
             let now = Timestamp::from_second(NOW).unwrap();
-            let entries = crl_entries(index.clone(), &extra, now);
+            let entries = crl_entries(index.iter().chain(&extra).filter_map(Revoked::of), now);
             let listed: Vec<&str> = entries.iter().map(|e| e.serial_hex.as_str()).collect();
-            let mut sorted = listed.clone();
+            let mut unique = listed.clone();
+            unique.sort();
+            unique.dedup();
+            prop_assert_eq!(unique.len(), listed.len(), "each serial once");
+            let order: Vec<_> = entries.iter().map(|e| (e.revoked_at, e.serial_hex.clone())).collect();
+            let mut sorted = order.clone();
             sorted.sort();
-            sorted.dedup();
-            prop_assert_eq!(&listed, &sorted, "sorted and unique");
+            prop_assert_eq!(order, sorted, "in revocation order");
             // A revocation is monotonic: a serial any copy says is revoked (and unexpired)
             // is listed, whichever copy is older.
             let revoked_live = |s: &str| index.iter().chain(&extra).any(|f| f.serial == s && f.revoked.is_some() && f.not_after > now);
@@ -981,6 +1149,31 @@ mod tests {
             for f in index.iter().chain(&extra) {
                 if revoked_live(&f.serial) {
                     prop_assert!(listed.contains(&f.serial.as_str()), "{} dropped", f.serial);
+                }
+            }
+        }
+
+        /// Between rebuilds the last CRL is a prefix of the next (its parts stay), and
+        /// every revoked, unexpired serial is listed: appending never drops one.
+        #[test]
+        fn appending_keeps_the_last_crl_as_a_prefix_and_drops_nothing(
+            first in prop::collection::vec(record(), 0..20),
+            later in prop::collection::vec(record(), 0..20),
+            step in 0i64..150,
+        ) {
+            let now = Timestamp::from_second(NOW).unwrap();
+            let listed = crl_entries(first.iter().filter_map(Revoked::of), now);
+            let serials: HashSet<String> = listed.iter().map(|e| e.serial_hex.clone()).collect();
+            let then = Timestamp::from_second(NOW + step).unwrap();
+            let next = appended_entries(&listed, &serials, first.iter().chain(&later).filter_map(Revoked::of), then);
+            prop_assert_eq!(&next[..listed.len()], &listed[..]);
+            let mut unique: Vec<_> = next.iter().map(|e| e.serial_hex.clone()).collect();
+            unique.sort();
+            unique.dedup();
+            prop_assert_eq!(unique.len(), next.len(), "each serial once");
+            for f in first.iter().chain(&later) {
+                if f.revoked.is_some() && f.not_after > then {
+                    prop_assert!(next.iter().any(|e| e.serial_hex == f.serial), "{} dropped", f.serial);
                 }
             }
         }

@@ -12,7 +12,6 @@ pub(crate) mod grant;
 pub(crate) mod identity;
 pub mod ledger;
 pub mod policy;
-pub(crate) mod slim;
 pub(crate) mod sweeper;
 pub(crate) mod task_watch;
 pub(crate) mod written;

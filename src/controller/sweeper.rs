@@ -115,16 +115,16 @@ impl Sweeper {
         }
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         loop {
-            let records: Vec<RecordFacts> = tokio::select! {
+            let deleted_uids: Option<BTreeSet<String>> = tokio::select! {
                 uid = deleted.recv() => {
                     let Some(uid) = uid else { return };
                     let mut uids = BTreeSet::from([uid]);
                     while let Ok(more) = deleted.try_recv() {
                         uids.insert(more);
                     }
-                    uids.iter().flat_map(|u| self.ledger.records().for_grant(u)).collect()
+                    Some(uids)
                 }
-                _ = tick.tick() => self.ledger.records().all(),
+                _ = tick.tick() => None,
             };
             let now = Timestamp::now();
             let held: std::collections::HashSet<String> = self
@@ -133,9 +133,21 @@ impl Sweeper {
                 .iter()
                 .filter_map(|s| s.annotations().get(ANN_SERIAL).cloned())
                 .collect();
+            // Judged where they are: only the records that need something are copied out.
+            let needs = |r: &RecordFacts| {
+                self.ours(r) && judge(r, self.grant_cached(r), held.contains(&r.serial), now) != Verdict::Keep
+            };
+            let records: Vec<RecordFacts> = match deleted_uids {
+                Some(uids) => uids
+                    .iter()
+                    .flat_map(|u| self.ledger.records().for_grant(u))
+                    .filter(|r| needs(r))
+                    .collect(),
+                None => self.ledger.records().select(needs),
+            };
             let held = &held;
             let this = &self;
-            futures::stream::iter(records.into_iter().filter(|r| this.ours(r)))
+            futures::stream::iter(records)
                 .for_each_concurrent(CONCURRENCY, |r| async move {
                     let verdict = judge(&r, this.grant_cached(&r), held.contains(&r.serial), now);
                     if let Err(e) = this.act(&r, verdict).await {

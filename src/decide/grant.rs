@@ -15,10 +15,7 @@ use super::{
     scope,
     task::TaskState,
 };
-use crate::{
-    api::{AgentIdentity, GrantPhase, LifetimeCap, RevocationCause, ToolGrant},
-    state::records::RecordFacts,
-};
+use crate::api::{AgentIdentity, GrantPhase, LifetimeCap, RecordFacts, RevocationCause, ToolGrant};
 
 /// The certificate currently in the grant's Secret, as read from it.
 #[derive(Clone, Debug, PartialEq, Eq)]

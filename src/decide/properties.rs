@@ -10,9 +10,8 @@ use super::{
     task::{Outcome, TaskState},
 };
 use crate::{
-    api::{AgentIdentity, GrantPhase, ToolGrant, ToolScope},
+    api::{AgentIdentity, GrantPhase, RecordFacts, ToolGrant, ToolScope},
     spiffe::SpiffeId,
-    state::records::RecordFacts,
 };
 
 const NOW: i64 = 1_800_000_000;

@@ -8,13 +8,13 @@
 use axum::{
     Router,
     extract::State,
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
 use tokio::sync::watch;
 
-use crate::{pki::crl_pem, state::crl::Served};
+use crate::state::crl::Served;
 
 /// The CRL routes, reading `served`.
 pub fn routes(served: watch::Receiver<Served>) -> Router {
@@ -24,16 +24,21 @@ pub fn routes(served: watch::Receiver<Served>) -> Router {
         .with_state(served)
 }
 
-fn respond(served: &watch::Receiver<Served>, as_pem: bool) -> Response {
+fn respond(served: &watch::Receiver<Served>, if_none_match: Option<&HeaderValue>, as_pem: bool) -> Response {
     let current = served.borrow().clone();
     match current {
-        Served::Listed { number, der } => {
+        Served::Listed(crl) => {
+            let etag =
+                HeaderValue::from_str(&format!("\"{}\"", crl.number)).unwrap_or(HeaderValue::from_static("\"0\""));
+            // Relying parties poll: one that has this CRL already gets no body.
+            if if_none_match == Some(&etag) {
+                return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+            }
             let (content_type, body) = if as_pem {
-                ("application/x-pem-file", crl_pem(&der).into_bytes())
+                ("application/x-pem-file", crl.pem())
             } else {
-                ("application/pkix-crl", der.to_vec())
+                ("application/pkix-crl", crl.der.clone())
             };
-            let etag = HeaderValue::from_str(&format!("\"{number}\"")).unwrap_or(HeaderValue::from_static("\"0\""));
             (
                 StatusCode::OK,
                 [
@@ -46,7 +51,9 @@ fn respond(served: &watch::Receiver<Served>, as_pem: bool) -> Response {
         }
         Served::Loading => unavailable("the CRL has not been read yet"),
         Served::Absent => unavailable("no CRL is stored yet"),
-        Served::Damaged { detail } => unavailable(&format!("the stored CRL cannot be read: {detail}")),
+        // The detail (which part, which hash) is in the operator's log and its
+        // CrlUnreadable condition; an anonymous client learns only that it is damaged.
+        Served::Damaged { .. } => unavailable("the stored CRL cannot be read; it is not served until it is fixed"),
     }
 }
 
@@ -54,10 +61,10 @@ fn unavailable(why: &str) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
 }
 
-async fn der(State(served): State<watch::Receiver<Served>>) -> Response {
-    respond(&served, false)
+async fn der(State(served): State<watch::Receiver<Served>>, headers: HeaderMap) -> Response {
+    respond(&served, headers.get(header::IF_NONE_MATCH), false)
 }
 
-async fn pem(State(served): State<watch::Receiver<Served>>) -> Response {
-    respond(&served, true)
+async fn pem(State(served): State<watch::Receiver<Served>>, headers: HeaderMap) -> Response {
+    respond(&served, headers.get(header::IF_NONE_MATCH), true)
 }

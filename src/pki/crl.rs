@@ -21,7 +21,7 @@ pub struct CrlRequest {
 }
 
 /// One revoked certificate.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CrlEntry {
     /// As reported by [`IssuedLeaf::serial_hex`](super::IssuedLeaf::serial_hex) or
     /// [`LeafInfo::serial_hex`](super::LeafInfo::serial_hex).

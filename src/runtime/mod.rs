@@ -35,11 +35,12 @@ use crate::{
     },
     cli::RunArgs,
     controller::{
-        Context, api_for, backoff, ca, error_policy, fair, grant, grants_for_task, identity, ledger, policy, slim,
+        Context, api_for, backoff, ca, error_policy, fair, grant, grants_for_task, identity, ledger, policy,
         spec_changes, succeeded, sweeper, task_watch, within_deadline, written,
     },
     decide::task::FinishedConditions,
     spiffe,
+    state::slim,
 };
 
 /// Why the operator could not start or stopped.

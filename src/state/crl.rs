@@ -4,12 +4,15 @@
 //! unexpired revocations make a DER CRL of about 5 MB, so the list is stored in one of
 //! two shapes, both under the CRL ConfigMap's name (`mandate-crl`):
 //! - **inline**: the CRL fits one part; `crl.pem` (PEM) and `crlNumber`, as always;
-//! - **split**: the DER is cut into parts of at most `--crl-part-bytes`, each in an
-//!   immutable ConfigMap `mandate-crl-<number>-<index>` (`binaryData`), and the CRL
-//!   ConfigMap names them: `crlNumber`, `parts` and the `sha256` of the whole DER.
+//! - **split**: the DER is cut every `--crl-part-bytes`, each part in an immutable
+//!   ConfigMap named by its content (`mandate-crl-<sha256 prefix>`, `binaryData`), and
+//!   the CRL ConfigMap names them in order: `crlNumber`, `parts` and the `sha256` of the
+//!   whole DER. Entries are in revocation order and new ones are appended, so the next
+//!   CRL shares every part but the first (its dates) and the last: a revocation writes
+//!   two parts, not the whole list.
 //!
-//! The writer creates the new parts first, then points the CRL ConfigMap at them, then
-//! deletes the parts of older numbers. A crash at any step leaves the previous CRL
+//! The writer creates the parts that do not exist yet, then points the CRL ConfigMap at
+//! them, then deletes the parts nothing names any more. A crash at any step leaves the previous CRL
 //! whole (its parts are deleted only once nothing names them) and, at worst, parts
 //! nothing names, which the next write deletes. Every part and the CRL ConfigMap carry
 //! the label `mandate.dev/crl`, so one watch sees them all, in the order they were
@@ -20,7 +23,13 @@
 //! never an empty or a shorter list. Every replica serves the assembled DER over HTTP
 //! (`GET /v1/crl`), so a relying party fetches one signed list and checks one signature.
 
-use std::{collections::BTreeMap, future::Future, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::{Arc, OnceLock},
+};
+
+use bytes::Bytes;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -52,8 +61,13 @@ pub enum Head {
     Reset,
     /// The whole CRL, in the ConfigMap itself.
     Inline { number: u64, der: Vec<u8> },
-    /// The CRL is in `parts` part ConfigMaps; `sha256` is the hash of their concatenation.
-    Split { number: u64, parts: usize, sha256: String },
+    /// The CRL is in the part ConfigMaps named by `parts`, in order; `sha256` is the
+    /// hash of their concatenation.
+    Split {
+        number: u64,
+        parts: Vec<String>,
+        sha256: String,
+    },
 }
 
 impl Head {
@@ -66,17 +80,20 @@ impl Head {
     }
 
     /// The names of the part ConfigMaps it refers to.
-    pub fn part_names(&self, head_name: &str) -> Vec<String> {
+    pub fn part_names(&self) -> Vec<String> {
         match self {
-            Head::Split { number, parts, .. } => (0..*parts).map(|i| part_name(head_name, *number, i)).collect(),
+            Head::Split { parts, .. } => parts.clone(),
             _ => vec![],
         }
     }
 }
 
-/// The name of part `index` of CRL `number`.
-pub fn part_name(head_name: &str, number: u64, index: usize) -> String {
-    format!("{head_name}-{number}-{index}")
+/// The name of the part holding `bytes`: named by its content, so a part that the next
+/// CRL shares byte for byte (all but the first and the last, as entries are appended)
+/// is neither written nor deleted again.
+pub fn part_name(head_name: &str, bytes: &[u8]) -> String {
+    let hash = crate::pki::hex_lower(&Sha256::digest(bytes));
+    format!("{head_name}-{}", &hash[..20])
 }
 
 /// Reads the CRL ConfigMap's data strictly. Keys it does not know are ignored (an
@@ -107,12 +124,21 @@ pub fn parse_head(data: &BTreeMap<String, String>) -> Result<Head, String> {
             Ok(Head::Inline { number, der })
         }
         (None, Some(raw)) => {
-            let parts: usize = raw
-                .trim()
-                .parse()
-                .map_err(|_| format!("{CRL_PARTS_KEY} {raw:?} is not a number"))?;
-            if !(2..=MAX_PARTS).contains(&parts) {
-                return Err(format!("{CRL_PARTS_KEY} {parts} is not between 2 and {MAX_PARTS}"));
+            let parts: Vec<String> = raw.split(',').map(|p| p.trim().to_string()).collect();
+            if !(1..=MAX_PARTS).contains(&parts.len()) {
+                return Err(format!(
+                    "{CRL_PARTS_KEY} names {} parts, not between 1 and {MAX_PARTS}",
+                    parts.len()
+                ));
+            }
+            if let Some(bad) = parts.iter().find(|p| {
+                p.is_empty()
+                    || p.len() > 253
+                    || !p
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            }) {
+                return Err(format!("{CRL_PARTS_KEY} names {bad:?}, which is not a ConfigMap name"));
             }
             let sha256 = data
                 .get(CRL_SHA256_KEY)
@@ -130,17 +156,13 @@ pub fn parse_head(data: &BTreeMap<String, String>) -> Result<Head, String> {
 /// The whole DER CRL a head describes, from its parts as `part` finds them (by name):
 /// `None` for a reset. Every part must be there and the whole must hash to what the
 /// head says and carry its CRL number.
-pub fn assemble<'a>(
-    head_name: &str,
-    head: &'a Head,
-    part: impl Fn(&str) -> Option<&'a [u8]>,
-) -> Result<Option<(u64, Vec<u8>)>, String> {
+pub fn assemble<'a>(head: &'a Head, part: impl Fn(&str) -> Option<&'a [u8]>) -> Result<Option<(u64, Vec<u8>)>, String> {
     match head {
         Head::Reset => Ok(None),
         Head::Inline { number, der } => Ok(Some((*number, der.clone()))),
         Head::Split { number, sha256, .. } => {
             let mut der = Vec::new();
-            for name in head.part_names(head_name) {
+            for name in head.part_names() {
                 let bytes = part(&name).ok_or_else(|| format!("part {name} is missing"))?;
                 der.extend_from_slice(bytes);
             }
@@ -165,29 +187,69 @@ pub fn assemble<'a>(
 /// How a signed CRL is stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Layout {
-    Inline { pem: String },
-    Split { parts: Vec<Vec<u8>>, sha256: String },
+    Inline {
+        pem: String,
+    },
+    /// Each part's name and bytes, in order.
+    Split {
+        parts: Vec<(String, Vec<u8>)>,
+        sha256: String,
+    },
 }
 
-/// Lays a DER CRL out: inline when its PEM fits `part_bytes`, split into parts of at
-/// most `part_bytes` otherwise. `None` when it would take more than [`MAX_PARTS`].
-pub fn layout(der: &[u8], part_bytes: usize) -> Option<Layout> {
-    let pem = crl_pem(der);
-    if pem.len() <= part_bytes {
-        return Some(Layout::Inline { pem });
+/// Lays a DER CRL out: inline when its PEM fits `part_bytes`, otherwise cut at every
+/// `part_bytes` (fixed offsets, so that entries appended at the end leave every part
+/// but the first, which holds the dates, and the last unchanged). `None` when it would
+/// take more than [`MAX_PARTS`].
+pub fn layout(head_name: &str, der: &[u8], part_bytes: usize) -> Option<Layout> {
+    // Base64 is 4/3 of the DER, plus a newline per 64 characters and the armour.
+    let pem_len = der.len().div_ceil(3) * 4 * 65 / 64 + 64;
+    if pem_len <= part_bytes {
+        let pem = crl_pem(der);
+        if pem.len() <= part_bytes {
+            return Some(Layout::Inline { pem });
+        }
     }
-    // At least two parts (a CRL whose PEM does not fit one part may still fit as DER);
-    // equal sizes, none over `part_bytes`.
-    let count = der.len().div_ceil(part_bytes.max(1)).max(2);
-    let parts: Vec<Vec<u8>> = der
-        .chunks(der.len().div_ceil(count).max(1))
-        .map(<[u8]>::to_vec)
+    let parts: Vec<(String, Vec<u8>)> = der
+        .chunks(part_bytes.max(1))
+        .map(|c| (part_name(head_name, c), c.to_vec()))
         .collect();
     (parts.len() <= MAX_PARTS).then(|| Layout::Split {
         parts,
         sha256: crate::pki::hex_lower(&Sha256::digest(der)),
     })
 }
+
+/// A whole, checked CRL, shared by every request that serves it.
+#[derive(Debug)]
+pub struct Published {
+    pub number: u64,
+    pub der: Bytes,
+    pem: OnceLock<Bytes>,
+}
+
+impl Published {
+    pub fn new(number: u64, der: Vec<u8>) -> Published {
+        Published {
+            number,
+            der: der.into(),
+            pem: OnceLock::new(),
+        }
+    }
+
+    /// The same CRL as PEM, encoded once, on first use.
+    pub fn pem(&self) -> Bytes {
+        self.pem.get_or_init(|| crl_pem(&self.der).into()).clone()
+    }
+}
+
+impl PartialEq for Published {
+    fn eq(&self, other: &Self) -> bool {
+        self.number == other.number && self.der == other.der
+    }
+}
+
+impl Eq for Published {}
 
 /// The CRL as every replica serves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,10 +258,7 @@ pub enum Served {
     Loading,
     /// No CRL ConfigMap (or one created empty, not yet re-signed).
     Absent,
-    Listed {
-        number: u64,
-        der: Arc<[u8]>,
-    },
+    Listed(Arc<Published>),
     /// What is stored cannot be read; nothing is served rather than a wrong list.
     Damaged {
         detail: String,
@@ -236,11 +295,8 @@ impl Objects {
             Ok(h) => h,
             Err(detail) => return Served::Damaged { detail },
         };
-        match assemble(head_name, &head, |n| self.binary.get(n).map(Vec::as_slice)) {
-            Ok(Some((number, der))) => Served::Listed {
-                number,
-                der: der.into(),
-            },
+        match assemble(&head, |n| self.binary.get(n).map(Vec::as_slice)) {
+            Ok(Some((number, der))) => Served::Listed(Arc::new(Published::new(number, der))),
             Ok(None) => Served::Absent,
             Err(detail) => Served::Damaged { detail },
         }
@@ -326,61 +382,67 @@ mod tests {
                 head.insert(CRL_KEY.into(), pem.clone());
             }
             Layout::Split { parts, sha256 } => {
-                head.insert(CRL_PARTS_KEY.into(), parts.len().to_string());
+                let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
+                head.insert(CRL_PARTS_KEY.into(), names.join(","));
                 head.insert(CRL_SHA256_KEY.into(), sha256.clone());
-                for (i, p) in parts.iter().enumerate() {
-                    objects.binary.insert(part_name(head_name, number, i), p.clone());
-                    objects.data.insert(part_name(head_name, number, i), BTreeMap::new());
+                for (name, bytes) in parts {
+                    objects.binary.insert(name.clone(), bytes.clone());
+                    objects.data.insert(name.clone(), BTreeMap::new());
                 }
             }
         }
         objects.data.insert(head_name.into(), head);
     }
 
+    fn names(l: &Layout) -> Vec<String> {
+        match l {
+            Layout::Split { parts, .. } => parts.iter().map(|(n, _)| n.clone()).collect(),
+            Layout::Inline { .. } => vec![],
+        }
+    }
+
     #[test]
     fn a_small_crl_stays_inline_and_a_large_one_is_split_and_reassembled() {
         let small = signed(5, 3);
-        assert!(matches!(layout(&small, 64 * 1024), Some(Layout::Inline { .. })));
+        assert!(matches!(layout("crl", &small, 64 * 1024), Some(Layout::Inline { .. })));
 
         let large = signed(6, 200);
-        let Some(split @ Layout::Split { .. }) = layout(&large, 2048) else {
+        let Some(split @ Layout::Split { .. }) = layout("crl", &large, 2048) else {
             panic!("200 entries do not fit 2 KiB");
         };
         let mut objects = Objects::default();
         store(&mut objects, "crl", 6, &split);
         assert_eq!(
             objects.served("crl"),
-            Served::Listed {
-                number: 6,
-                der: large.clone().into()
-            }
+            Served::Listed(Arc::new(Published::new(6, large.clone())))
         );
     }
 
     #[test]
     fn threat_36_a_missing_or_altered_part_is_damage_never_a_shorter_list() {
         let der = signed(9, 200);
-        let split = layout(&der, 2048).unwrap();
+        let split = layout("crl", &der, 2048).unwrap();
+        let parts = names(&split);
         let mut objects = Objects::default();
         store(&mut objects, "crl", 9, &split);
 
         let mut missing = Objects::default();
         store(&mut missing, "crl", 9, &split);
-        missing.remove(&part_name("crl", 9, 1));
+        missing.remove(&parts[1]);
         let Served::Damaged { detail } = missing.served("crl") else {
             panic!("a missing part must not be served")
         };
-        assert!(detail.contains("crl-9-1 is missing"), "{detail}");
+        assert!(detail.contains(&format!("{} is missing", parts[1])), "{detail}");
 
         let mut altered = Objects::default();
         store(&mut altered, "crl", 9, &split);
-        altered.binary.get_mut(&part_name("crl", 9, 0)).unwrap()[40] ^= 1;
+        altered.binary.get_mut(&parts[0]).unwrap()[40] ^= 1;
         assert!(matches!(altered.served("crl"), Served::Damaged { detail } if detail.contains("hash")));
 
+        // The CRL ConfigMap edited by hand: its number is not the signed CRL's.
         let mut renumbered = objects.data["crl"].clone();
         renumbered.insert(CRL_NUMBER_KEY.into(), "10".into());
         objects.data.insert("crl".into(), renumbered);
-        // The parts of number 10 do not exist: the CRL ConfigMap was edited by hand.
         assert!(matches!(objects.served("crl"), Served::Damaged { .. }));
     }
 
@@ -401,14 +463,42 @@ mod tests {
             d
         };
         assert!(parse_head(&with(CRL_NUMBER_KEY, "4")).unwrap_err().contains("says 4"));
-        assert!(parse_head(&with(CRL_PARTS_KEY, "2")).unwrap_err().contains("both"));
-        let mut split = with(CRL_PARTS_KEY, "2");
+        assert!(parse_head(&with(CRL_PARTS_KEY, "crl-a")).unwrap_err().contains("both"));
+        let mut split = with(CRL_PARTS_KEY, "crl-a,crl-b");
         split.remove(CRL_KEY);
         assert!(parse_head(&split).unwrap_err().contains("sha256 is missing"));
         split.insert(CRL_SHA256_KEY.into(), "zz".into());
         assert!(parse_head(&split).unwrap_err().contains("not a SHA-256"));
-        split.insert(CRL_PARTS_KEY.into(), "1000".into());
+        split.insert(CRL_SHA256_KEY.into(), "a".repeat(64));
+        split.insert(CRL_PARTS_KEY.into(), "crl-a,,crl-b".into());
+        assert!(parse_head(&split).unwrap_err().contains("not a ConfigMap name"));
+        split.insert(CRL_PARTS_KEY.into(), vec!["crl-a"; 65].join(","));
         assert!(parse_head(&split).unwrap_err().contains("between"));
+    }
+
+    #[test]
+    fn appending_entries_rewrites_only_the_first_and_the_last_parts() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let ca = CertificateAuthority::generate_root("t", now, std::time::Duration::from_secs(86400)).unwrap();
+        let entry = |i: usize| CrlEntry {
+            serial_hex: format!("7f{i:030x}"),
+            revoked_at: now,
+            reason: RevocationReason::CessationOfOperation,
+        };
+        let sign = |number: u64, n: usize, at: OffsetDateTime| {
+            ca.sign_crl_der(&CrlRequest {
+                crl_number: number,
+                this_update: at,
+                next_update: at + time::Duration::hours(1),
+                entries: (0..n).map(entry).collect(),
+            })
+            .unwrap()
+        };
+        let before = names(&layout("crl", &sign(1, 2000, now), 8192).unwrap());
+        let after = names(&layout("crl", &sign(2, 2003, now + time::Duration::seconds(7)), 8192).unwrap());
+        assert!(before.len() > 5, "{} parts", before.len());
+        let shared = after.iter().filter(|n| before.contains(n)).count();
+        assert_eq!(shared, before.len() - 2, "only the first and the last part change");
     }
 
     proptest! {
@@ -417,14 +507,14 @@ mod tests {
         #[test]
         fn any_split_reassembles_to_the_signed_bytes(entries in 0usize..300, part_bytes in 600usize..20_000) {
             let der = signed(77, entries);
-            let Some(l) = layout(&der, part_bytes) else {
+            let Some(l) = layout("crl", &der, part_bytes) else {
                 // Only a CRL needing more than MAX_PARTS parts is refused.
                 prop_assert!(der.len().div_ceil(part_bytes) > MAX_PARTS);
                 return Ok(());
             };
             let mut objects = Objects::default();
             store(&mut objects, "crl", 77, &l);
-            let whole = objects.served("crl") == Served::Listed { number: 77, der: der.into() };
+            let whole = objects.served("crl") == Served::Listed(Arc::new(Published::new(77, der)));
             prop_assert!(whole, "entries {} part_bytes {}", entries, part_bytes);
         }
     }

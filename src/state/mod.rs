@@ -1,9 +1,18 @@
 //! What the operator knows of the cluster, in memory: watch caches, their readiness
 //! and the indexes every part reads. Nothing here writes to the API.
 //!
-//! The revocation record (`records`) lives here so the controllers, the sweeper, the
-//! CRL writer and, next, the decision service all read the same one.
+//! - `records`: the revocation record (every CertificateRecord, by serial and grant);
+//! - `crl`: the published CRL as stored and served, read strictly;
+//! - `ca`: the signing CA, loaded and watched;
+//! - `policies`: the policy store, built from the AgentPolicies and namespaces;
+//! - `ready`: readiness of a watch's first list; `slim`: what the caches keep.
+//!
+//! The controllers, the sweeper, the CRL writer, the HTTP servers and, next, the
+//! decision service all read these; none of them is imported from here.
 
+pub mod ca;
 pub mod crl;
+pub mod policies;
 pub mod ready;
 pub mod records;
+pub mod slim;

@@ -15,61 +15,8 @@ use std::{
 use k8s_openapi::jiff::Timestamp;
 use kube::{ResourceExt, runtime::watcher};
 
-use crate::api::{CertificateRecord, RevocationCause};
-
-/// What Mandate needs of one record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordFacts {
-    pub serial: String,
-    pub not_after: Timestamp,
-    pub grant_namespace: String,
-    pub grant_name: String,
-    pub grant_uid: String,
-    pub generation: i64,
-    pub task_uid: String,
-    /// When and why it was revoked, if it was.
-    pub revoked: Option<(Timestamp, RevocationCause)>,
-    /// Someone asked the API server to delete the record (its finalizer holds it).
-    pub deleting: bool,
-}
-
-impl RecordFacts {
-    /// A record of grant `g` (UID `g-uid`, namespace `ns`, generation 1, task `t-uid`),
-    /// revoked at `revoked` (seconds) as TaskCompleted if given; for tests.
-    #[cfg(test)]
-    pub fn sample(serial: &str, not_after: i64, revoked: Option<i64>) -> RecordFacts {
-        RecordFacts {
-            serial: serial.into(),
-            not_after: Timestamp::from_second(not_after).unwrap(),
-            grant_namespace: "ns".into(),
-            grant_name: "g".into(),
-            grant_uid: "g-uid".into(),
-            generation: 1,
-            task_uid: "t-uid".into(),
-            revoked: revoked.map(|t| (Timestamp::from_second(t).unwrap(), RevocationCause::TaskCompleted)),
-            deleting: false,
-        }
-    }
-
-    pub fn of(r: &CertificateRecord) -> RecordFacts {
-        RecordFacts {
-            serial: r.spec.serial_number.clone(),
-            not_after: r.spec.not_after.0,
-            grant_namespace: r.spec.grant.namespace.clone(),
-            grant_name: r.spec.grant.name.clone(),
-            grant_uid: r.spec.grant.uid.clone(),
-            generation: r.spec.grant.generation,
-            task_uid: r.spec.task.uid.clone(),
-            revoked: r.spec.revocation.as_ref().map(|v| (v.time.0, v.reason)),
-            deleting: r.metadata.deletion_timestamp.is_some(),
-        }
-    }
-
-    /// Valid and not revoked at `now`.
-    pub fn is_live(&self, now: Timestamp) -> bool {
-        self.revoked.is_none() && self.not_after > now
-    }
-}
+use crate::api::CertificateRecord;
+pub use crate::api::RecordFacts;
 
 #[derive(Default)]
 struct Inner {
@@ -194,14 +141,21 @@ impl RecordIndex {
         out
     }
 
-    /// Every record, for the sweeper.
-    pub fn all(&self) -> Vec<RecordFacts> {
-        self.0
-            .read()
-            .expect("record index lock")
+    /// Every record `keep` picks, cloned (with 100,000 records, cloning them all is
+    /// tens of MiB for a moment; a sweep needs a handful).
+    pub fn select(&self, mut keep: impl FnMut(&RecordFacts) -> bool) -> Vec<RecordFacts> {
+        let inner = self.0.read().expect("record index lock");
+        inner.by_serial.values().filter(|f| keep(f)).cloned().collect()
+    }
+
+    /// Maps every revoked record through `f` (the CRL needs a few fields of each).
+    pub fn revoked_map<T>(&self, mut f: impl FnMut(&RecordFacts) -> Option<T>) -> Vec<T> {
+        let inner = self.0.read().expect("record index lock");
+        inner
             .by_serial
             .values()
-            .cloned()
+            .filter(|r| r.revoked.is_some())
+            .filter_map(&mut f)
             .collect()
     }
 
