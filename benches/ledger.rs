@@ -161,7 +161,7 @@ async fn main() {
         .data
         .unwrap_or_default()
         .get("parts")
-        .and_then(|p| p.parse().ok())
+        .map(|p| p.split(',').count())
         .unwrap_or(1);
 
     phase("grants to revoke");

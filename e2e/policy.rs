@@ -687,3 +687,36 @@ async fn threat_6_with_the_operator_gone_the_requester_stays_guarded_and_finaliz
     assert_eq!(g.spec.requester.unwrap().username, "alice");
     f.ns.cleanup().await;
 }
+
+/// A Denied grant that is looked at again and again (each spec change is a new
+/// decision) has nothing to revoke, so it writes no CRL: a tenant's denied grants cost
+/// the CRL nothing (threat 39).
+#[tokio::test]
+async fn threat_39_a_denied_grant_reconciled_again_and_again_writes_no_crl() {
+    let f = fixture("pol-deny-quiet").await;
+    f.grant("g", "triage", ("batch/v1", "Job", "work"), tools(&["read"]), None)
+        .await;
+    wait_reason(&f, "g", GrantPhase::Denied, "PolicyDenied").await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = f.ns.api();
+    let before = cms.get("mandate-crl").await.unwrap();
+    for i in 2..=4 {
+        let patch = json!({ "spec": { "purpose": format!("attempt {i}") } });
+        f.grants
+            .patch("g", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        wait_for(&f.grants, "g", "decided again", move |g: &ToolGrant| {
+            g.status
+                .as_ref()
+                .is_some_and(|s| s.observed_generation == Some(i) && s.phase == Some(GrantPhase::Denied))
+        })
+        .await;
+    }
+    let after = cms.get("mandate-crl").await.unwrap();
+    assert_eq!(
+        before.resource_version(),
+        after.resource_version(),
+        "the CRL was rewritten for a grant with nothing to revoke"
+    );
+    f.ns.cleanup().await;
+}

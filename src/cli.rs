@@ -101,8 +101,8 @@ pub struct RunArgs {
 
     /// Largest CRL (PEM, bytes) kept inline in the `mandate-crl` ConfigMap, and the size
     /// of each part (DER) of a larger one, which is split over immutable ConfigMaps
-    /// `mandate-crl-<number>-<index>` (docs/design.md, "The CRL"). The API server
-    /// refuses ConfigMaps over 1 MiB.
+    /// named by their content (docs/design.md, "The CRL"). The API server refuses
+    /// ConfigMaps over 1 MiB.
     #[arg(long, env = "MANDATE_CRL_PART_BYTES", default_value_t = crate::state::crl::DEFAULT_PART_BYTES,
           value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u32).range(1024..=900 * 1024), |v| v as usize))]
     pub crl_part_bytes: usize,

@@ -533,6 +533,10 @@ struct Writer {
     listed: Option<Listed>,
     /// Parts the CRL ConfigMap named before our last write: no longer named, ours to delete.
     unnamed: Vec<String>,
+    /// The parts our last write named (never deleted).
+    keep: Vec<String>,
+    /// Whether to look for orphaned parts after the next write.
+    orphan_sweep: bool,
 }
 
 async fn run(cfg: LedgerConfig, mut rx: mpsc::Receiver<Request>, health: watch::Sender<Health>) {
@@ -561,6 +565,8 @@ async fn run(cfg: LedgerConfig, mut rx: mpsc::Receiver<Request>, health: watch::
         highest: 0,
         listed: None,
         unnamed: vec![],
+        keep: vec![],
+        orphan_sweep: true,
     };
     let mut refresh = tokio::time::interval(w.cfg.validity / 2);
     let mut retry: Option<Duration> = None;
@@ -652,6 +658,9 @@ async fn run(cfg: LedgerConfig, mut rx: mpsc::Receiver<Request>, health: watch::
         for r in batch {
             let _ = r.done.send(reply.clone());
         }
+        if result.is_ok() {
+            w.tidy().await;
+        }
     }
 }
 
@@ -677,6 +686,7 @@ impl Writer {
             let now = Timestamp::now();
             let number = next_number(stored.head.number(), self.highest, now);
             let extra_revoked = extra.iter().filter_map(Revoked::of);
+            let rebuilt = self.listed.is_none();
             let entries = match &self.listed {
                 Some(l) => appended_entries(
                     &l.entries,
@@ -705,11 +715,23 @@ impl Writer {
                 next_update: to_offset(next_update),
                 entries,
             };
-            let der = ca.sign_crl_der(&request).map_err(LedgerError::Sign)?;
+            // Signing 100,000 entries and hashing the parts takes a few hundred ms of CPU:
+            // on a blocking thread, not on one of the runtime's two workers.
+            let part_bytes = self.cfg.part_bytes;
+            let head_name = name.clone();
+            let (signed, request) = tokio::task::spawn_blocking(move || {
+                let signed = ca.sign_crl_der(&request).map(|der| {
+                    let laid = layout(&head_name, &der, part_bytes);
+                    (der, laid)
+                });
+                (signed, request)
+            })
+            .await
+            .map_err(|e| LedgerError::Sign(crate::pki::PkiError::Sign(format!("the signing task failed: {e}"))))?;
+            let (der, laid) = signed.map_err(LedgerError::Sign)?;
             let signed_in = started.elapsed();
             let before = stored.head.part_names();
-            let part_bytes = self.cfg.part_bytes;
-            let laid = layout(&name, &der, part_bytes).ok_or(LedgerError::CrlTooLarge {
+            let laid = laid.ok_or(LedgerError::CrlTooLarge {
                 bytes: der.len(),
                 part_bytes,
             })?;
@@ -773,7 +795,11 @@ impl Writer {
                         entries: request.entries,
                     });
                     let stored_in = started.elapsed();
-                    self.delete_unnamed_parts(&keep).await;
+                    // The parts no longer named go after the replies (`tidy`): off the
+                    // path of every revocation waiting for this CRL. Orphans are looked
+                    // for at a rebuild (start, schedule, anyone else's change).
+                    self.keep = keep.clone();
+                    self.orphan_sweep |= rebuilt;
                     self.cfg
                         .metrics
                         .crl_published(count, der.len(), keep.len().max(1), stored_in);
@@ -892,12 +918,19 @@ impl Writer {
         }
     }
 
-    /// Deletes parts no CRL names any more: those our own writes stopped naming, and
-    /// orphans (of an attempt that crashed or lost a race) older than [`ORPHAN_AGE`].
+    /// After a write (and its replies): deletes parts no CRL names any more, those our
+    /// own writes stopped naming and, after a rebuild, orphans (of an attempt that
+    /// crashed or lost a race) older than [`ORPHAN_AGE`].
     /// Never a part another writer may be about to name: it would be seconds old. A
     /// failure only leaves parts for the next write: the CRL that is named is whole.
-    async fn delete_unnamed_parts(&mut self, keep: &[String]) {
+    async fn tidy(&mut self) {
+        let keep = self.keep.clone();
         let mut doomed: Vec<String> = std::mem::take(&mut self.unnamed);
+        if !std::mem::take(&mut self.orphan_sweep) {
+            doomed.retain(|n| !keep.contains(n));
+            self.delete_parts(doomed).await;
+            return;
+        }
         let lp = ListParams::default().labels(&format!("{LABEL_CRL}={}", self.cfg.crl_name));
         match self.api.list_metadata(&lp).await {
             Ok(listed) => {
@@ -915,7 +948,12 @@ impl Writer {
             }
             Err(e) => warn!(error = %e, "failed to list CRL parts; orphaned parts stay until the next write"),
         }
-        for name in doomed.into_iter().filter(|n| !keep.contains(n)) {
+        doomed.retain(|n| !keep.contains(n));
+        self.delete_parts(doomed).await;
+    }
+
+    async fn delete_parts(&mut self, doomed: Vec<String>) {
+        for name in doomed {
             match self.api.delete(&name, &Default::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}

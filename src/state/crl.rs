@@ -334,7 +334,8 @@ pub fn watch_served(
             if relist.is_some() {
                 continue;
             }
-            let served = objects.served(&head_name);
+            // Hashing and parsing a CRL of 100,000 entries takes tens of ms of CPU.
+            let served = tokio::task::block_in_place(|| objects.served(&head_name));
             if let Served::Damaged { detail } = &served
                 && !matches!(&*tx.borrow(), Served::Damaged { .. })
             {
