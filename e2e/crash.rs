@@ -190,3 +190,70 @@ async fn threat_31_a_crash_between_deleting_the_secret_and_the_status_neither_re
     revoked_for_good(&f, &uid, &serial).await;
     f.ns.cleanup().await;
 }
+
+/// A split CRL's own crash windows: after the new parts are stored but before the CRL
+/// ConfigMap names them, and after it names them but before the old ones are deleted.
+/// Either way the stored CRL stays whole (the served one is the old list or the new),
+/// and after the restart the revocation is listed and nothing unnamed is left behind.
+#[tokio::test]
+async fn threat_31_a_crash_inside_a_split_crl_write_leaves_a_whole_crl_and_loses_no_revocation() {
+    for (i, point) in ["crl-after-parts", "crl-after-head"].into_iter().enumerate() {
+        let mut f = Fixture::with_flags(&format!("crash-crl-{i}"), &["--crl-part-bytes=1024"]).await;
+        f.identity("triage").await;
+        f.job("work", None).await;
+        f.job("last", None).await;
+        for n in 0..30 {
+            f.grant(&format!("g{n}"), "triage", ("batch/v1", "Job", "work"), github(), None)
+                .await;
+        }
+        for n in 0..30 {
+            f.issued_serial(&format!("g{n}")).await;
+        }
+        f.grant("last", "triage", ("batch/v1", "Job", "last"), github(), None).await;
+        let last = f.issued_serial("last").await;
+        // A CRL long enough to be split: the 30 revoked.
+        f.jobs
+            .delete("work", &kube::api::DeleteParams::background())
+            .await
+            .unwrap();
+        for n in 0..30 {
+            f.wait_phase(&format!("g{n}"), GrantPhase::Revoked).await;
+        }
+        arm(&mut f, point).await;
+        kubelet::finish_job_pod(&f.pods, "last", Outcome::Succeeded).await;
+        assert!(f.op.wait_crash().await, "{point}: the operator exited, but not at its crash point");
+
+        // The window: what is stored is one whole CRL (assembled and checked as every
+        // replica does), the old one or the new.
+        let c = crate::support::client().await;
+        let (served, run) = mandate::state::crl::watch_served(c, &f.ns.name, "mandate-crl");
+        let watch = tokio::spawn(run);
+        let mut served = served;
+        let whole = tokio::time::timeout(crate::support::TIMEOUT, served.wait_for(|s| !matches!(s, mandate::state::crl::Served::Loading)))
+            .await
+            .expect("the stored CRL was read")
+            .unwrap()
+            .clone();
+        assert!(
+            matches!(whole, mandate::state::crl::Served::Listed(_)),
+            "{point}: the stored CRL is not whole: {whole:?}"
+        );
+        watch.abort();
+
+        f.op.failpoints = None;
+        f.op.restart(&f.ns.name).await;
+        f.wait_phase("last", GrantPhase::Revoked).await;
+        wait_deleted(&f.secrets, "last", "withdrawn").await;
+        // Listed in the CRL every replica serves.
+        let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
+        loop {
+            let (status, body) = f.op.get("/v1/crl").await;
+            if status == 200 && crate::grants::crl_der(&body).is_some_and(|(_, s)| s.contains(&last)) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{point}: {last} never listed");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        f.ns.cleanup().await;
+    }
+}

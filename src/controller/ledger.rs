@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    failpoint::crash_point,
     api::{
         CertificateRecord, CertificateRecordSpec, RecordedGrant, RecordedRevocation, RecordedTask, RevocationCause,
         names::{
@@ -752,6 +753,9 @@ impl Writer {
                             self.create_part(part, bytes).await?;
                         }
                     }
+                    if !extra.is_empty() {
+                        crash_point("crl-after-parts");
+                    }
                     let names: Vec<String> = parts.iter().map(|(n, _)| n.clone()).collect();
                     data.insert(CRL_PARTS_KEY.into(), names.join(","));
                     data.insert(CRL_SHA256_KEY.into(), sha256.clone());
@@ -779,6 +783,9 @@ impl Writer {
             };
             match res {
                 Ok(written) => {
+                    if !extra.is_empty() {
+                        crash_point("crl-after-head");
+                    }
                     if let Some(rv) = written.resource_version() {
                         if self.ours.len() >= 16 {
                             self.ours.pop_front();

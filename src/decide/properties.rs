@@ -182,3 +182,75 @@ proptest! {
         }
     }
 }
+
+fn some_duration() -> impl Strategy<Value = std::time::Duration> {
+    prop_oneof![
+        (0u64..4_000_000).prop_map(std::time::Duration::from_secs),
+        any::<u64>().prop_map(std::time::Duration::from_secs),
+        Just(std::time::Duration::MAX),
+    ]
+}
+
+proptest! {
+    /// Whatever the durations (zero, huge, `u64::MAX` seconds), a planned certificate
+    /// ends at the earliest limit, never after any of them, starts backdated, renews
+    /// inside its own validity, and names the limit that won (threats 8 and 9).
+    #[test]
+    fn a_planned_lifetime_never_outlives_any_limit(
+        requested in prop::option::of(some_duration()),
+        identity in some_duration(),
+        operator in some_duration(),
+        deadline in prop::option::of(-100i64..10_000_000),
+        lifetime_left in -100i64..10_000_000,
+        ca_left in -100i64..100_000_000,
+        jitter in 0.0f64..1.0,
+    ) {
+        use super::lifetime::{BACKDATE, Limits, MIN_LIFETIME, after, plan};
+        let now = Timestamp::from_second(NOW).unwrap();
+        let at = |s: i64| now + SignedDuration::from_secs(s);
+        let limits = Limits {
+            now,
+            requested_ttl: requested,
+            identity_max_ttl: identity,
+            operator_max_ttl: operator,
+            task_deadline: deadline.map(at),
+            grant_expires_at: at(lifetime_left),
+            ca_not_after: at(ca_left),
+        };
+        let bounds: Vec<Timestamp> = [
+            requested.map(|d| after(now, d)),
+            Some(after(now, identity)),
+            Some(after(now, operator)),
+            deadline.map(at),
+            Some(at(lifetime_left)),
+            Some(at(ca_left)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let earliest = *bounds.iter().min().unwrap();
+        match plan(&limits, jitter) {
+            Ok(l) => {
+                prop_assert_eq!(l.not_after, earliest);
+                prop_assert!(bounds.iter().all(|b| l.not_after <= *b));
+                prop_assert_eq!(l.not_before, now - SignedDuration::try_from(BACKDATE).unwrap());
+                prop_assert!(l.renew_at > now && l.renew_at < l.not_after);
+                prop_assert!(now.duration_until(l.not_after) >= SignedDuration::try_from(MIN_LIFETIME).unwrap());
+            }
+            Err(e) => {
+                prop_assert_eq!(e.until, earliest);
+                prop_assert!(now.duration_until(earliest) < SignedDuration::try_from(MIN_LIFETIME).unwrap());
+            }
+        }
+    }
+
+    /// Go durations as the API accepts them (`ttl`, `maxTTL`, `maxGrantLifetime`): any
+    /// text either parses or is an error, never a panic, and a plain count of seconds,
+    /// minutes or hours parses to exactly that (threat 8).
+    #[test]
+    fn durations_parse_exactly_or_fail(text in "\\PC{0,12}", n in 0u64..1_000_000, unit in prop::sample::select(vec![("s", 1u64), ("m", 60), ("h", 3600)])) {
+        let _ = text.parse::<kube::core::Duration>();
+        let parsed: kube::core::Duration = format!("{n}{}", unit.0).parse().unwrap();
+        prop_assert_eq!(std::time::Duration::from(parsed), std::time::Duration::from_secs(n * unit.1));
+    }
+}
