@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Arrivals, finish_pod, grant, memory_kib, phase, pod, summary, watch_secrets};
+use common::{Arrivals, finish_pod, grant, memory_kib, phase, pod, revoke_together, summary, watch_secrets};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::{
@@ -31,7 +31,7 @@ use kube::{
 };
 use mandate::api::{AgentIdentity, ToolGrant};
 use serde_json::json;
-use support::{TestNamespace, operator::Operator, wait_for};
+use support::{TestNamespace, operator::Operator};
 
 const SEQUENTIAL: usize = 200;
 const BURST: usize = 800;
@@ -173,19 +173,7 @@ async fn main() {
     watch_secrets(ns.api(), issued.clone(), deleted.clone(), serials.clone());
     watch_crl(ns.api(), listed.clone());
 
-    let identity: AgentIdentity = serde_json::from_value(json!({
-        "apiVersion": "mandate.dev/v1alpha1", "kind": "AgentIdentity", "metadata": { "name": "bench" },
-        "spec": { "owner": "bench", "serviceAccountName": "bench",
-                  "tools": [{ "name": "github", "actions": ["read"], "destinations": ["api.github.com"] }] },
-    }))
-    .unwrap();
-    ids.create(&PostParams::default(), &identity).await.unwrap();
-    wait_for(&ids, "bench", "Ready", |i: &AgentIdentity| {
-        i.status
-            .as_ref()
-            .is_some_and(|s| mandate::conditions::is_true(&s.conditions, "Ready"))
-    })
-    .await;
+    common::bench_identity(&ids).await;
 
     let total = SEQUENTIAL + BURST;
     let names: Vec<String> = (0..total).map(|i| format!("t{i:04}")).collect();
@@ -307,27 +295,9 @@ async fn main() {
     phase("revocation burst");
     // 4. The rest together: revocation under load.
     let rest = &names[REVOKE_SEQUENTIAL..];
-    let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let cpu_before = cpu_snapshot(&procs);
-    let t0 = Instant::now();
-    stream::iter(rest.to_vec())
-        .for_each_concurrent(CONCURRENCY, |n| {
-            let (pods, started) = (pods.clone(), started.clone());
-            async move {
-                let t = finish_pod(&pods, &n).await;
-                started.lock().unwrap().insert(n, t);
-            }
-        })
-        .await;
-    let mut burst_revoke = vec![];
-    let mut burst_last = t0;
-    for n in rest {
-        let serial = serials.lock().unwrap()[n].clone();
-        let done = deleted.wait(n).await.max(listed.wait(&serial).await);
-        burst_last = burst_last.max(done);
-        burst_revoke.push(done - started.lock().unwrap()[n]);
-    }
-    let revoke_rate = rest.len() as f64 / (burst_last - t0).as_secs_f64();
+    let (burst_revoke, burst_span) = revoke_together(&pods, rest, &deleted, &listed, &serials, CONCURRENCY).await;
+    let revoke_rate = rest.len() as f64 / burst_span.as_secs_f64();
     let revoke_cpu = cpu_split(&cpu_before, &cpu_snapshot(&procs), rest.len(), "revocation");
     let peak = memory_kib(pid, "VmHWM:");
 
@@ -357,7 +327,7 @@ async fn main() {
         burst_secs,
         rate,
         rest.len(),
-        (burst_last - t0).as_secs_f64(),
+        burst_span.as_secs_f64(),
         revoke_rate,
         rss_idle as f64 / 1024.0,
         total,

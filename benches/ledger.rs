@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Arrivals, finish_pod, grant, memory_kib, phase, pod, summary, watch_secrets};
+use common::{Arrivals, finish_pod, grant, memory_kib, phase, pod, revoke_together, summary, watch_secrets};
 use futures::{StreamExt, stream};
 use k8s_openapi::{
     api::core::v1::{ConfigMap, Pod},
@@ -38,8 +38,7 @@ use mandate::{
     },
     state::crl::{Served, watch_served},
 };
-use serde_json::json;
-use support::{TestNamespace, operator::Operator, wait_for};
+use support::{TestNamespace, operator::Operator};
 use tokio::sync::watch;
 
 const LEDGER: usize = 100_000;
@@ -172,19 +171,7 @@ async fn main() {
     let deleted = Arc::new(Arrivals::default());
     let serials = Arc::new(Mutex::new(HashMap::new()));
     watch_secrets(ns.api(), issued.clone(), deleted.clone(), serials.clone());
-    let identity: AgentIdentity = serde_json::from_value(json!({
-        "apiVersion": "mandate.dev/v1alpha1", "kind": "AgentIdentity", "metadata": { "name": "bench" },
-        "spec": { "owner": "bench", "serviceAccountName": "bench",
-                  "tools": [{ "name": "github", "actions": ["read"], "destinations": ["api.github.com"] }] },
-    }))
-    .unwrap();
-    ids.create(&PostParams::default(), &identity).await.unwrap();
-    wait_for(&ids, "bench", "Ready", |i: &AgentIdentity| {
-        i.status
-            .as_ref()
-            .is_some_and(|s| mandate::conditions::is_true(&s.conditions, "Ready"))
-    })
-    .await;
+    common::bench_identity(&ids).await;
     let names: Vec<String> = (0..REVOKE_SEQUENTIAL + REVOKE_BURST)
         .map(|i| format!("t{i:04}"))
         .collect();
@@ -212,26 +199,8 @@ async fn main() {
 
     phase("revocation burst, 100,000 in the ledger");
     let rest = &names[REVOKE_SEQUENTIAL..];
-    let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let t0 = Instant::now();
-    stream::iter(rest.to_vec())
-        .for_each_concurrent(CONCURRENCY, |n| {
-            let (pods, started) = (pods.clone(), started.clone());
-            async move {
-                let t = finish_pod(&pods, &n).await;
-                started.lock().unwrap().insert(n, t);
-            }
-        })
-        .await;
-    let mut burst = vec![];
-    let mut last = t0;
-    for n in rest {
-        let serial = serials.lock().unwrap()[n].clone();
-        let done = deleted.wait(n).await.max(listed.wait(&serial).await);
-        last = last.max(done);
-        burst.push(done - started.lock().unwrap()[n]);
-    }
-    let burst_secs = (last - t0).as_secs_f64();
+    let (burst, span) = revoke_together(&pods, rest, &deleted, &listed, &serials, CONCURRENCY).await;
+    let burst_secs = span.as_secs_f64();
     let peak = memory_kib(pid, "VmHWM:");
     let rss_end = memory_kib(pid, "VmRSS:");
     let (_, body) = op.get("/metrics").await;

@@ -209,7 +209,8 @@ async fn threat_31_a_crash_inside_a_split_crl_write_leaves_a_whole_crl_and_loses
         for n in 0..30 {
             f.issued_serial(&format!("g{n}")).await;
         }
-        f.grant("last", "triage", ("batch/v1", "Job", "last"), github(), None).await;
+        f.grant("last", "triage", ("batch/v1", "Job", "last"), github(), None)
+            .await;
         let last = f.issued_serial("last").await;
         // A CRL long enough to be split: the 30 revoked.
         f.jobs
@@ -221,7 +222,10 @@ async fn threat_31_a_crash_inside_a_split_crl_write_leaves_a_whole_crl_and_loses
         }
         arm(&mut f, point).await;
         kubelet::finish_job_pod(&f.pods, "last", Outcome::Succeeded).await;
-        assert!(f.op.wait_crash().await, "{point}: the operator exited, but not at its crash point");
+        assert!(
+            f.op.wait_crash().await,
+            "{point}: the operator exited, but not at its crash point"
+        );
 
         // The window: what is stored is one whole CRL (assembled and checked as every
         // replica does), the old one or the new.
@@ -229,11 +233,14 @@ async fn threat_31_a_crash_inside_a_split_crl_write_leaves_a_whole_crl_and_loses
         let (served, run) = mandate::state::crl::watch_served(c, &f.ns.name, "mandate-crl");
         let watch = tokio::spawn(run);
         let mut served = served;
-        let whole = tokio::time::timeout(crate::support::TIMEOUT, served.wait_for(|s| !matches!(s, mandate::state::crl::Served::Loading)))
-            .await
-            .expect("the stored CRL was read")
-            .unwrap()
-            .clone();
+        let whole = tokio::time::timeout(
+            crate::support::TIMEOUT,
+            served.wait_for(|s| !matches!(s, mandate::state::crl::Served::Loading)),
+        )
+        .await
+        .expect("the stored CRL was read")
+        .unwrap()
+        .clone();
         assert!(
             matches!(whole, mandate::state::crl::Served::Listed(_)),
             "{point}: the stored CRL is not whole: {whole:?}"

@@ -155,3 +155,54 @@ pub async fn finish_pod(pods: &Api<Pod>, name: &str) -> Instant {
         .unwrap();
     Instant::now()
 }
+
+/// Ends the Pods `names` together (`concurrency` status patches in flight) and waits
+/// for each one's Secret to be deleted and its serial listed in the CRL. Returns each
+/// one's time from its end to both, and the span from the first end to the last.
+pub async fn revoke_together(
+    pods: &Api<Pod>,
+    names: &[String],
+    deleted: &Arrivals,
+    listed: &Arrivals,
+    serials: &Mutex<HashMap<String, String>>,
+    concurrency: usize,
+) -> (Vec<Duration>, Duration) {
+    let started: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let t0 = Instant::now();
+    futures::stream::iter(names.to_vec())
+        .for_each_concurrent(concurrency, |n| {
+            let (pods, started) = (pods.clone(), started.clone());
+            async move {
+                let t = finish_pod(&pods, &n).await;
+                started.lock().unwrap().insert(n, t);
+            }
+        })
+        .await;
+    let mut each = vec![];
+    let mut last = t0;
+    for n in names {
+        let serial = serials.lock().unwrap()[n].clone();
+        let done = deleted.wait(n).await.max(listed.wait(&serial).await);
+        last = last.max(done);
+        each.push(done - started.lock().unwrap()[n]);
+    }
+    (each, last - t0)
+}
+
+/// Creates the AgentIdentity `bench` the benchmarks' grants name, and waits until Ready.
+pub async fn bench_identity(ids: &Api<mandate::api::AgentIdentity>) {
+    use mandate::api::AgentIdentity;
+    let identity: AgentIdentity = serde_json::from_value(json!({
+        "apiVersion": "mandate.dev/v1alpha1", "kind": "AgentIdentity", "metadata": { "name": "bench" },
+        "spec": { "owner": "bench", "serviceAccountName": "bench",
+                  "tools": [{ "name": "github", "actions": ["read"], "destinations": ["api.github.com"] }] },
+    }))
+    .unwrap();
+    ids.create(&kube::api::PostParams::default(), &identity).await.unwrap();
+    crate::support::wait_for(ids, "bench", "Ready", |i: &AgentIdentity| {
+        i.status
+            .as_ref()
+            .is_some_and(|s| mandate::conditions::is_true(&s.conditions, "Ready"))
+    })
+    .await;
+}

@@ -39,16 +39,9 @@ impl Operator {
     /// `probe_namespace`. Only for the tests run one at a time after the others
     /// (`cluster_wide::`): it would reconcile every other test's grants too.
     pub async fn start_cluster_wide(ca_namespace: &str, probe_namespace: &str, extra: &[&str]) -> Operator {
-        let port = free_port();
-        let metrics_port = free_port();
-        let mut args = vec![
-            "run".to_string(),
-            format!("--ca-secret-namespace={ca_namespace}"),
-            format!("--webhook-listen=127.0.0.1:{port}"),
-            format!("--webhook-url=https://127.0.0.1:{port}"),
-            format!("--webhook-configuration-name=mandate-{ca_namespace}"),
-            format!("--metrics-listen=127.0.0.1:{metrics_port}"),
-        ];
+        let (port, metrics_port) = (free_port(), free_port());
+        let mut args = loopback_args(ca_namespace, port, metrics_port);
+        args.push(format!("--ca-secret-namespace={ca_namespace}"));
         args.extend(extra.iter().map(|s| s.to_string()));
         let op = Self::spawn(ca_namespace, args, 0, port, metrics_port, super::kubeconfig_path());
         op.wait_webhook(probe_namespace).await;
@@ -58,16 +51,9 @@ impl Operator {
     /// [`start`](Self::start), with the credentials of `kubeconfig` (for example one
     /// impersonating the ServiceAccount the install manifest creates).
     pub async fn start_as(namespace: &str, extra: &[&str], kubeconfig: PathBuf) -> Operator {
-        let port = free_port();
-        let metrics_port = free_port();
-        let mut args = vec![
-            "run".to_string(),
-            format!("--watch-namespace={namespace}"),
-            format!("--webhook-listen=127.0.0.1:{port}"),
-            format!("--webhook-url=https://127.0.0.1:{port}"),
-            format!("--webhook-configuration-name=mandate-{namespace}"),
-            format!("--metrics-listen=127.0.0.1:{metrics_port}"),
-        ];
+        let (port, metrics_port) = (free_port(), free_port());
+        let mut args = loopback_args(namespace, port, metrics_port);
+        args.push(format!("--watch-namespace={namespace}"));
         args.extend(extra.iter().map(|s| s.to_string()));
         let op = Self::spawn(namespace, args, 0, port, metrics_port, kubeconfig);
         op.wait_webhook(namespace).await;
@@ -236,6 +222,18 @@ impl Operator {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// `mandate run` serving its webhook and metrics on loopback ports, with admission
+/// configurations of its own (`mandate-<name>`).
+fn loopback_args(name: &str, webhook_port: u16, metrics_port: u16) -> Vec<String> {
+    vec![
+        "run".to_string(),
+        format!("--webhook-listen=127.0.0.1:{webhook_port}"),
+        format!("--webhook-url=https://127.0.0.1:{webhook_port}"),
+        format!("--webhook-configuration-name=mandate-{name}"),
+        format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+    ]
 }
 
 /// A loopback port nothing listens on right now.

@@ -429,8 +429,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                 grant.metadata.generation,
                 now,
             );
-            write_status(&ctx, &grants, &grant, &draft.status).await?;
-            announce_new_decision(&ctx, &grant, &evaluated, new_decision, &decision_id, now).await;
+            store_draft(&ctx, &grants, &grant, &draft, (&evaluated, new_decision, &decision_id), now).await?;
             info!(grant = %name, namespace = %ns, identity = %identity.name_any(), task = %grant.spec.task_ref.name,
                   serial = %leaf.serial_hex, decision_id = %decision_id, not_after = %lifetime.not_after, cap = ?lifetime.cap, why, "certificate issued");
             announce(&ctx, &grant, draft.announcement).await;
@@ -485,10 +484,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                 grant.metadata.generation,
                 now,
             );
-            if draft.write {
-                write_status(&ctx, &grants, &grant, &draft.status).await?;
-                announce_new_decision(&ctx, &grant, &evaluated, new_decision, &decision_id, now).await;
-            }
+            store_draft(&ctx, &grants, &grant, &draft, (&evaluated, new_decision, &decision_id), now).await?;
             if draft.announcement.is_some() {
                 warn!(grant = %name, namespace = %ns, identity = %grant.spec.identity_ref.name, reason, %message,
                       revoked = ?serials, phase = ?phase, "grant withheld");
@@ -522,10 +518,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                 grant.metadata.generation,
                 now,
             );
-            if draft.write {
-                write_status(&ctx, &grants, &grant, &draft.status).await?;
-                announce_new_decision(&ctx, &grant, &evaluated, new_decision, &decision_id, now).await;
-            }
+            store_draft(&ctx, &grants, &grant, &draft, (&evaluated, new_decision, &decision_id), now).await?;
             if draft.announcement.is_some() {
                 info!(grant = %name, namespace = %ns, reason, %message, "grant waiting");
             }
@@ -941,18 +934,24 @@ async fn announce(ctx: &Context, grant: &ToolGrant, announcement: Option<grant_s
     publish(ctx, grant, type_, a.reason, a.action, a.note).await;
 }
 
-/// Announces the decision if it is new (see [`announce_decision`]).
-async fn announce_new_decision(
+/// Writes a drafted status if it changed; then, if the decision in it is new,
+/// announces it (see [`announce_decision`]): only once it is stored.
+async fn store_draft(
     ctx: &Context,
+    api: &Api<ToolGrant>,
     grant: &ToolGrant,
-    evaluated: &decision::Evaluated,
-    new_decision: bool,
-    id: &str,
+    draft: &grant_status::Draft,
+    (evaluated, new_decision, id): (&decision::Evaluated, bool, &str),
     now: Timestamp,
-) {
+) -> Result<(), Error> {
+    if !draft.write {
+        return Ok(());
+    }
+    write_status(ctx, api, grant, &draft.status).await?;
     if new_decision {
         announce_decision(ctx, grant, evaluated, id, now).await;
     }
+    Ok(())
 }
 
 /// Logs a new policy decision, counts it, and reports Audit policies' would-be denials

@@ -41,7 +41,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    failpoint::crash_point,
     api::{
         CertificateRecord, CertificateRecordSpec, RecordedGrant, RecordedRevocation, RecordedTask, RevocationCause,
         names::{
@@ -49,6 +48,7 @@ use crate::{
             LABEL_GRANT_NAMESPACE, LABEL_GRANT_UID, MANAGED_BY, MANAGER, RECORD_FINALIZER,
         },
     },
+    failpoint::crash_point,
     pki::{CaState, CrlEntry, CrlRequest, OffsetDateTime, RevocationReason},
     state::{
         crl::{Head, Layout, MAX_PARTS, Served, assemble, layout, parse_head},

@@ -335,7 +335,8 @@ pub fn watch_served(
                 continue;
             }
             // Hashing and parsing a CRL of 100,000 entries takes tens of ms of CPU.
-            let multi = tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+            let multi =
+                tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
             let served = if multi {
                 tokio::task::block_in_place(|| objects.served(&head_name))
             } else {
