@@ -43,7 +43,15 @@ impl Operator {
         let mut args = loopback_args(ca_namespace, port, metrics_port);
         args.push(format!("--ca-secret-namespace={ca_namespace}"));
         args.extend(extra.iter().map(|s| s.to_string()));
-        let op = Self::spawn(ca_namespace, args, 0, port, metrics_port, super::kubeconfig_path());
+        let op = Self::spawn(
+            ca_namespace,
+            args,
+            0,
+            port,
+            metrics_port,
+            super::kubeconfig_path(),
+            None,
+        );
         op.wait_webhook(probe_namespace).await;
         op
     }
@@ -55,7 +63,7 @@ impl Operator {
         let mut args = loopback_args(namespace, port, metrics_port);
         args.push(format!("--watch-namespace={namespace}"));
         args.extend(extra.iter().map(|s| s.to_string()));
-        let op = Self::spawn(namespace, args, 0, port, metrics_port, kubeconfig);
+        let op = Self::spawn(namespace, args, 0, port, metrics_port, kubeconfig, None);
         op.wait_webhook(namespace).await;
         op
     }
@@ -108,17 +116,6 @@ impl Operator {
     }
 
     fn spawn(
-        namespace: &str,
-        args: Vec<String>,
-        n: u32,
-        webhook_port: u16,
-        metrics_port: u16,
-        kubeconfig: PathBuf,
-    ) -> Operator {
-        Self::spawn_with(namespace, args, n, webhook_port, metrics_port, kubeconfig, None)
-    }
-
-    fn spawn_with(
         namespace: &str,
         args: Vec<String>,
         n: u32,
@@ -187,7 +184,7 @@ impl Operator {
             .and_then(|n| n.parse::<u32>().ok())
             .unwrap_or(0)
             + 1;
-        *self = Self::spawn_with(
+        *self = Self::spawn(
             namespace,
             self.args.clone(),
             n,
