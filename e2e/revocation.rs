@@ -152,6 +152,8 @@ async fn threat_36_a_corrupted_or_deleted_crl_stops_issuance_and_drops_no_serial
     )
     .await
     .unwrap();
+    // Once the operator has seen it (its failure metric says so), nothing is issued.
+    wait_metric(&f, "mandate_crl_publish_failures_total{reason=\"CrlUnreadable\"}").await;
     f.grant("c", "triage", job_task("c"), github(), None).await;
     let c = wait_for(&f.grants, "c", "held: CrlUnreadable", |g: &ToolGrant| {
         ready_reason(g).as_deref() == Some("CrlUnreadable")

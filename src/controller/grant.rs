@@ -364,6 +364,13 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             if !revoke_first.is_empty() {
                 record_revocation(&ctx, &grant, &observed, &revoke_first, cause).await?;
             }
+            // The CRL's health was read when this reconcile began; the CRL ConfigMap may
+            // have been found unusable since. Look again right before signing: nothing is
+            // signed that could not be revoked where relying parties look. The health
+            // change re-runs every grant, and this one is then held with the reason.
+            if matches!(ctx.ledger.health(), ledger::Health::Unavailable { .. }) {
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
             let spiffe_id =
                 SpiffeId::for_agent(&ctx.trust_domain, &ns, &identity.name_any()).map_err(Error::SpiffeId)?;
             let scope = crate::decide::grant::scope_for(&grant, &task.uid);
