@@ -5,6 +5,7 @@
 
 pub mod allocator;
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod conditions;
 pub mod controller;
