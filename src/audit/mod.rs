@@ -190,7 +190,9 @@ impl AuditLog {
         ring.events.push_back((event, size));
         ring.bytes += size;
         while ring.events.len() > self.bounds.events || ring.bytes > self.bounds.bytes {
-            let Some((_, gone)) = ring.events.pop_front() else { break };
+            let Some((_, gone)) = ring.events.pop_front() else {
+                break;
+            };
             ring.bytes -= gone;
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -266,7 +268,11 @@ mod tests {
         let log = AuditLog::with_sink(Bounds::default(), Box::new(out.clone()));
         log.emit(event(0, EventKind::CertificateIssued, "t-uid", "aa"));
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(text.lines().count(), 1, "a newline in user text must not split the event: {text}");
+        assert_eq!(
+            text.lines().count(),
+            1,
+            "a newline in user text must not split the event: {text}"
+        );
         let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
         assert_eq!(v["kind"], "CertificateIssued");
         assert_eq!(v["serial"], "aa");
@@ -292,7 +298,11 @@ mod tests {
         let kinds: Vec<EventKind> = timeline.iter().map(|e| e.kind).collect();
         assert_eq!(
             kinds,
-            [EventKind::CertificateIssued, EventKind::DecisionAllowed, EventKind::CertificateRevoked]
+            [
+                EventKind::CertificateIssued,
+                EventKind::DecisionAllowed,
+                EventKind::CertificateRevoked
+            ]
         );
         let by_serial = log.query(
             &Filter {
@@ -318,7 +328,11 @@ mod tests {
         }
         let kept = log.query(&Filter::default(), usize::MAX);
         assert_eq!(kept.len(), 100);
-        assert_eq!(kept[0].time, Timestamp::from_second(1_800_000_900).unwrap(), "the oldest go first");
+        assert_eq!(
+            kept[0].time,
+            Timestamp::from_second(1_800_000_900).unwrap(),
+            "the oldest go first"
+        );
         assert_eq!(log.dropped(), 900);
 
         let small = AuditLog::with_sink(
@@ -331,7 +345,9 @@ mod tests {
         for i in 0..100 {
             small.emit(event(i, EventKind::ToolCall, "t", "aa"));
         }
-        let line = serde_json::to_vec(&event(0, EventKind::ToolCall, "t", "aa")).unwrap().len();
+        let line = serde_json::to_vec(&event(0, EventKind::ToolCall, "t", "aa"))
+            .unwrap()
+            .len();
         assert!(small.query(&Filter::default(), usize::MAX).len() * line <= 2_000 + line);
     }
 }
