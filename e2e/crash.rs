@@ -46,17 +46,24 @@ async fn crash_and_restart(f: &mut Fixture) {
     f.op.restart(&f.ns.name).await;
 }
 
-#[tokio::test]
-async fn threat_31_a_crash_between_recording_and_writing_the_secret_issues_once_and_revokes_the_orphan() {
-    let mut f = Fixture::new("crash-record").await;
+/// Arms `point` and creates grant `g` for a running Job; returns its UID. The operator
+/// aborts at the point while issuing.
+async fn issue_into(point: &str, prefix: &str) -> (Fixture, String) {
+    let mut f = Fixture::new(prefix).await;
     f.identity("triage").await;
     f.job("work", None).await;
-    arm(&mut f, "issue-after-record").await;
+    arm(&mut f, point).await;
     let uid = f
         .grant("g", "triage", ("batch/v1", "Job", "work"), github(), None)
         .await
         .uid()
         .unwrap();
+    (f, uid)
+}
+
+#[tokio::test]
+async fn threat_31_a_crash_between_recording_and_writing_the_secret_issues_once_and_revokes_the_orphan() {
+    let (mut f, uid) = issue_into("issue-after-record", "crash-record").await;
     assert!(f.op.wait_crash().await);
 
     // The window: the serial is recorded, nobody holds it.
@@ -95,15 +102,7 @@ async fn threat_31_a_crash_between_recording_and_writing_the_secret_issues_once_
 
 #[tokio::test]
 async fn threat_31_a_crash_between_writing_the_secret_and_the_status_adopts_the_certificate() {
-    let mut f = Fixture::new("crash-secret").await;
-    f.identity("triage").await;
-    f.job("work", None).await;
-    arm(&mut f, "issue-after-secret").await;
-    let uid = f
-        .grant("g", "triage", ("batch/v1", "Job", "work"), github(), None)
-        .await
-        .uid()
-        .unwrap();
+    let (mut f, uid) = issue_into("issue-after-secret", "crash-secret").await;
     crash_and_restart(&mut f).await;
 
     let serial = f.issued_serial("g").await;
