@@ -107,6 +107,56 @@ pub struct RunArgs {
           value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u32).range(1024..=900 * 1024), |v| v as usize))]
     pub crl_part_bytes: usize,
 
+    /// Address of the decision service (HTTPS; `POST /v1/authorize`, Envoy ext_authz
+    /// gRPC and HTTP, `/v1/audit`, `/v1/trust-bundle`, `/v1/crl`). Served by every replica.
+    #[arg(long, env = "MANDATE_DECISION_LISTEN", default_value = "0.0.0.0:8443")]
+    pub decision_listen: std::net::SocketAddr,
+
+    /// DNS names in the decision service's serving certificate (what its clients dial).
+    #[arg(long, env = "MANDATE_DECISION_DNS_NAMES", value_delimiter = ',', default_value = "localhost")]
+    pub decision_dns_names: Vec<String>,
+
+    /// IP addresses in the decision service's serving certificate.
+    #[arg(long, env = "MANDATE_DECISION_IP_ADDRESSES", value_delimiter = ',', default_value = "127.0.0.1")]
+    pub decision_ip_addresses: Vec<std::net::IpAddr>,
+
+    /// Lifetime of the decision service's serving certificate; rotated at two thirds.
+    #[arg(long, env = "MANDATE_DECISION_CERT_VALIDITY", default_value = "24h")]
+    pub decision_cert_validity: kube::core::Duration,
+
+    /// SPIFFE IDs of trusted proxies (gateways such as Envoy) that authenticate with a
+    /// client certificate from Mandate's CA. Only they may name the agent a decision is
+    /// about, read the audit trail and report tool calls.
+    #[arg(long, env = "MANDATE_DECISION_PROXY_SPIFFE_IDS", value_delimiter = ',')]
+    pub decision_proxy_spiffe_ids: Vec<String>,
+
+    /// ServiceAccounts (`namespace/name`) of trusted proxies that authenticate with a
+    /// token (checked with a TokenReview).
+    #[arg(long, env = "MANDATE_DECISION_PROXY_SERVICE_ACCOUNTS", value_delimiter = ',')]
+    pub decision_proxy_service_accounts: Vec<String>,
+
+    /// The audience a caller's ServiceAccount token must be issued for (empty: the API
+    /// server's own).
+    #[arg(long, env = "MANDATE_DECISION_TOKEN_AUDIENCE", default_value = "mandate.dev")]
+    pub decision_token_audience: String,
+
+    /// How long a TokenReview's answer is reused.
+    #[arg(long, env = "MANDATE_DECISION_TOKEN_CACHE", default_value = "30s")]
+    pub decision_token_cache: kube::core::Duration,
+
+    /// The longest a caller may cache an allow (`validUntil`): how stale an answer may
+    /// be when a revocation lands. Never past the certificate or the task's deadline.
+    #[arg(long, env = "MANDATE_DECISION_MAX_CACHE", default_value = "5s")]
+    pub decision_max_cache: kube::core::Duration,
+
+    /// Events the in-memory audit buffer (`GET /v1/audit`) keeps at most.
+    #[arg(long, env = "MANDATE_AUDIT_BUFFER_EVENTS", default_value_t = 50_000)]
+    pub audit_buffer_events: usize,
+
+    /// Bytes (of JSON) the in-memory audit buffer keeps at most.
+    #[arg(long, env = "MANDATE_AUDIT_BUFFER_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub audit_buffer_bytes: usize,
+
     /// Address of the plain-HTTP `/metrics` and `/healthz` endpoints, and of the
     /// published CRL (`/v1/crl`, DER; `/v1/crl.pem`).
     #[arg(long, env = "MANDATE_METRICS_LISTEN", default_value = "0.0.0.0:8080")]

@@ -19,4 +19,5 @@ pub mod runtime;
 pub mod spiffe;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook;

@@ -26,6 +26,24 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthzLabel {
+    protocol: &'static str,
+    result: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabel {
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LifecycleLabel {
+    event: &'static str,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyLabel {
     policy: String,
 }
@@ -43,11 +61,68 @@ pub struct Metrics {
     crl_bytes: Gauge,
     crl_parts: Gauge,
     crl_write_seconds: Histogram,
+    authorizations: Family<AuthzLabel, Counter>,
+    authorization_seconds: Family<ProtocolLabel, Histogram>,
+    certificates: Family<LifecycleLabel, Counter>,
+    revocation_seconds: Histogram,
+    live_certificates: Gauge,
+    soonest_expiry: Gauge,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(Counter::default())
+    }
+}
+
+impl Metrics {
+    /// The metrics, with the audit log's count of dropped events (it keeps its own).
+    pub fn new(audit_dropped: Counter) -> Self {
         let mut registry = Registry::with_prefix("mandate");
+        registry.register(
+            "audit_events_dropped",
+            "Audit events dropped from the in-memory buffer or not written to stdout",
+            audit_dropped,
+        );
+        let authorizations = Family::<AuthzLabel, Counter>::default();
+        registry.register(
+            "authorizations",
+            "Request-time decisions, by protocol (authorize, ext_authz_grpc, ext_authz_http), result and reason",
+            authorizations.clone(),
+        );
+        // 10 us to about 160 ms.
+        let authorization_seconds =
+            Family::<ProtocolLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.00001, 2.0, 15)));
+        registry.register(
+            "authorization_seconds",
+            "Time to decide one call inside the decision service, by protocol",
+            authorization_seconds.clone(),
+        );
+        let certificates = Family::<LifecycleLabel, Counter>::default();
+        registry.register(
+            "certificates",
+            "Certificate lifecycle events (issued, renewed, revoked, expired), by reason",
+            certificates.clone(),
+        );
+        // 10 ms to about 160 s.
+        let revocation_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 15));
+        registry.register(
+            "revocation_seconds",
+            "From a task's end (its finishing condition) to its certificates being revoked",
+            revocation_seconds.clone(),
+        );
+        let live_certificates = Gauge::default();
+        registry.register(
+            "live_certificates",
+            "Unrevoked, unexpired certificates in the revocation record",
+            live_certificates.clone(),
+        );
+        let soonest_expiry = Gauge::default();
+        registry.register(
+            "certificate_soonest_expiry_timestamp_seconds",
+            "notAfter (Unix seconds) of the live certificate that expires first; 0 when there is none",
+            soonest_expiry.clone(),
+        );
         let decisions = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "policy_decisions",
@@ -122,6 +197,12 @@ impl Default for Metrics {
             revocations_deferred,
             records_swept,
             reconcile_errors,
+            authorizations,
+            authorization_seconds,
+            certificates,
+            revocation_seconds,
+            live_certificates,
+            soonest_expiry,
         }
     }
 }
@@ -172,6 +253,42 @@ impl Metrics {
         gauge(&self.crl_bytes, bytes);
         gauge(&self.crl_parts, parts);
         self.crl_write_seconds.observe(took.as_secs_f64());
+    }
+
+    /// One request-time decision and how long it took.
+    pub fn authorization(&self, protocol: &'static str, reason: &'static str, took: std::time::Duration) {
+        let result = if reason == "Allowed" { "allowed" } else { "denied" };
+        self.authorizations
+            .get_or_create(&AuthzLabel {
+                protocol,
+                result,
+                reason,
+            })
+            .inc();
+        self.authorization_seconds
+            .get_or_create(&ProtocolLabel { protocol })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A certificate lifecycle event: `issued`, `renewed`, `revoked`, `expired`.
+    pub fn certificate(&self, event: &'static str, reason: &str) {
+        self.certificates
+            .get_or_create(&LifecycleLabel {
+                event,
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Seconds from a task's end to its revocation.
+    pub fn revoked_after(&self, seconds: f64) {
+        self.revocation_seconds.observe(seconds.max(0.0));
+    }
+
+    /// The live certificates and the soonest expiry among them.
+    pub fn live(&self, count: usize, soonest: Option<i64>) {
+        self.live_certificates.set(i64::try_from(count).unwrap_or(i64::MAX));
+        self.soonest_expiry.set(soonest.unwrap_or(0));
     }
 
     pub fn reconcile_error(&self, reason: &str) {

@@ -18,6 +18,10 @@ pub struct Operator {
     pub webhook_port: u16,
     /// The loopback port of its `/metrics` and `/v1/crl`.
     pub metrics_port: u16,
+    /// The loopback port of its decision service (HTTPS).
+    pub decision_port: u16,
+    /// Its stdout: the audit trail, one JSON object per line.
+    pub audit_log: PathBuf,
     /// Whom it runs as.
     kubeconfig: PathBuf,
     /// `FAILPOINTS` for the next start (crash points, see `mandate::failpoint`).
@@ -128,6 +132,13 @@ impl Operator {
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{namespace}-operator-{n}.log"));
         let file = std::fs::File::create(&log).expect("log file");
+        let audit_log = dir.join(format!("{namespace}-operator-{n}.audit.jsonl"));
+        let audit = std::fs::File::create(&audit_log).expect("audit log file");
+        let decision_port = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--decision-listen=127.0.0.1:"))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mandate"));
         if let Some(f) = &failpoints {
             cmd.env("FAILPOINTS", f);
@@ -141,7 +152,7 @@ impl Operator {
             )
             .env("MANDATE_LOG_FORMAT", "json")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(audit))
             .stderr(Stdio::from(file))
             .kill_on_drop(true)
             .spawn()
@@ -152,6 +163,8 @@ impl Operator {
             args,
             webhook_port,
             metrics_port,
+            decision_port,
+            audit_log,
             kubeconfig,
             failpoints,
         }
@@ -230,6 +243,7 @@ fn loopback_args(name: &str, webhook_port: u16, metrics_port: u16) -> Vec<String
         format!("--webhook-url=https://127.0.0.1:{webhook_port}"),
         format!("--webhook-configuration-name=mandate-{name}"),
         format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+        format!("--decision-listen=127.0.0.1:{}", free_port()),
     ]
 }
 

@@ -11,13 +11,11 @@
 use std::{
     collections::VecDeque,
     io::Write,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
 };
 
 use k8s_openapi::jiff::Timestamp;
+use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
 /// What happened.
@@ -92,6 +90,23 @@ pub struct Event {
     /// Human-readable detail.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The call a decision or report is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call: Option<CallInfo>,
+}
+
+/// What was called: on decisions and on gateways' reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallInfo {
+    pub tool: String,
+    pub action: String,
+    pub destination: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub data_sensitivity: String,
+    /// The caller's request id (Envoy's `x-request-id`).
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub request_id: String,
 }
 
 /// Which events a query wants: every given key must match.
@@ -149,7 +164,7 @@ pub struct AuditLog {
     ring: Arc<Mutex<Ring>>,
     bounds: Bounds,
     sink: Arc<Mutex<Box<dyn Write + Send>>>,
-    dropped: Arc<AtomicU64>,
+    dropped: Counter,
 }
 
 impl AuditLog {
@@ -167,7 +182,7 @@ impl AuditLog {
             })),
             bounds,
             sink: Arc::new(Mutex::new(sink)),
-            dropped: Arc::default(),
+            dropped: Counter::default(),
         }
     }
 
@@ -175,7 +190,7 @@ impl AuditLog {
     /// it cannot forge a line.
     pub fn emit(&self, event: Event) {
         let Ok(mut line) = serde_json::to_vec(&event) else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
             return;
         };
         let size = line.len();
@@ -183,7 +198,7 @@ impl AuditLog {
         {
             let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
             if sink.write_all(&line).and_then(|()| sink.flush()).is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped.inc();
             }
         }
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
@@ -194,7 +209,7 @@ impl AuditLog {
                 break;
             };
             ring.bytes -= gone;
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
         }
     }
 
@@ -215,7 +230,12 @@ impl AuditLog {
 
     /// Events dropped from the buffer (or not written), since start.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.dropped.get()
+    }
+
+    /// The same count, for the metrics registry.
+    pub fn dropped_counter(&self) -> Counter {
+        self.dropped.clone()
     }
 }
 
@@ -238,6 +258,7 @@ mod tests {
 
     fn event(i: i64, kind: EventKind, task: &str, serial: &str) -> Event {
         Event {
+            call: None,
             time: Timestamp::from_second(1_800_000_000 + i).unwrap(),
             kind,
             keys: Keys {

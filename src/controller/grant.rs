@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use super::{
     Context, Error, decision,
     ledger::{self, Published},
+    trail,
     written::CachedGrant,
 };
 use crate::{
@@ -45,6 +46,7 @@ use crate::{
         grant_status,
         task::{self, TaskKind, TaskState},
     },
+    audit::EventKind,
     failpoint::crash_point,
     pki::{self, CaState, LeafRequest, OffsetDateTime},
     spiffe::SpiffeId,
@@ -439,6 +441,26 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             store_draft(&ctx, &grants, &grant, &draft, (&evaluated, new_decision, &decision_id), now).await?;
             info!(grant = %name, namespace = %ns, identity = %identity.name_any(), task = %grant.spec.task_ref.name,
                   serial = %leaf.serial_hex, decision_id = %decision_id, not_after = %lifetime.not_after, cap = ?lifetime.cap, why, "certificate issued");
+            let (kind, event) = if why == "Renewal" {
+                (EventKind::CertificateRenewed, "renewed")
+            } else {
+                (EventKind::CertificateIssued, "issued")
+            };
+            ctx.metrics.certificate(event, why);
+            trail::emit(
+                &ctx,
+                &grant,
+                trail::Entry {
+                    kind,
+                    serial: Some(&leaf.serial_hex),
+                    generation: grant.metadata.generation.unwrap_or_default(),
+                    task_uid: &task.uid,
+                    decision_id: Some(&decision_id),
+                    reason: why,
+                    message: format!("valid until {}", lifetime.not_after),
+                },
+                now,
+            );
             announce(&ctx, &grant, draft.announcement).await;
             Ok(Action::requeue(until(now, lifetime.renew_at)))
         }
@@ -677,7 +699,35 @@ async fn record_revocation(
             )
         })
         .collect();
-    match ctx.ledger.revoke(specs).await.map_err(Error::RecordRevocation)? {
+    let published = ctx.ledger.revoke(specs).await.map_err(Error::RecordRevocation)?;
+    let (kind, event) = if cause == RevocationCause::MaxLifetimeReached {
+        (EventKind::CertificateExpired, "expired")
+    } else {
+        (EventKind::CertificateRevoked, "revoked")
+    };
+    let finished_at = o.task.as_ref().and_then(|t| t.finished_at);
+    for s in serials {
+        ctx.metrics.certificate(event, cause.as_str());
+        if let Some(at) = finished_at {
+            ctx.metrics
+                .revoked_after(o.now.duration_since(at).as_secs_f64());
+        }
+        trail::emit(
+            ctx,
+            grant,
+            trail::Entry {
+                kind,
+                serial: Some(s),
+                generation: generation_of(s),
+                task_uid: &task_uid,
+                decision_id: None,
+                reason: cause.as_str(),
+                message: format!("serial {s} revoked: {}", cause.as_str()),
+            },
+            o.now,
+        );
+    }
+    match published {
         Published::Listed { .. } => {}
         Published::Deferred { reason, message } => {
             warn!(grant = %grant.name_any(), namespace = %grant.namespace().unwrap_or_default(), serials = ?serials,
@@ -977,6 +1027,27 @@ async fn announce_decision(
           policies = ?record.policies, requester = %record.inputs.requester, reasons = ?record.reasons,
           audit_denials = ?record.audit_denials, "policy decision");
     ctx.metrics.decision(&record.outcome);
+    let kind = match (record.outcome.as_str(), &record.inputs.approval) {
+        ("Deny", _) => Some(EventKind::GrantDenied),
+        ("Allow", Some(_)) => Some(EventKind::GrantApproved),
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        trail::emit(
+            ctx,
+            grant,
+            trail::Entry {
+                kind,
+                serial: None,
+                generation: record.generation,
+                task_uid: "",
+                decision_id: Some(id),
+                reason: &record.outcome,
+                message: record.reasons.join("; "),
+            },
+            now,
+        );
+    }
     if evaluated.audit_denials.is_empty() {
         return;
     }

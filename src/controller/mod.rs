@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod policy;
 pub(crate) mod sweeper;
 pub(crate) mod task_watch;
+pub(crate) mod trail;
 pub(crate) mod written;
 
 use std::{
@@ -190,6 +191,8 @@ pub struct Context {
     pub audit_changed: tokio::sync::mpsc::UnboundedSender<String>,
     pub approvals: Store<ToolGrantApproval>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The audit trail: certificate lifecycle and grant decisions go here.
+    pub trail: crate::audit::AuditLog,
     /// Consecutive reconcile failures per object, for backoff and Event de-duplication.
     pub errors: backoff::ErrorBackoff,
     /// The resourceVersions of our own latest writes, per grant UID. A cached grant or

@@ -24,7 +24,11 @@ use kube::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::api::ToolGrant;
+use crate::{
+    api::ToolGrant,
+    decide::task::{FinishedConditions, TaskKind},
+    state::tasks::{TaskIndex, facts_of},
+};
 
 /// The watches started so far, and where their triggers go.
 pub struct TaskWatches {
@@ -33,6 +37,8 @@ pub struct TaskWatches {
     grants: Store<ToolGrant>,
     started: Mutex<HashSet<String>>,
     triggers: mpsc::UnboundedSender<ObjectRef<ToolGrant>>,
+    /// The task index the decision service reads, and how a task says it finished.
+    tasks: (TaskIndex, FinishedConditions),
 }
 
 impl TaskWatches {
@@ -41,6 +47,7 @@ impl TaskWatches {
         namespace: Option<String>,
         grants: Store<ToolGrant>,
         triggers: mpsc::UnboundedSender<ObjectRef<ToolGrant>>,
+        tasks: (TaskIndex, FinishedConditions),
     ) -> Arc<Self> {
         Arc::new(TaskWatches {
             client,
@@ -48,6 +55,7 @@ impl TaskWatches {
             grants,
             started: Mutex::new(HashSet::new()),
             triggers,
+            tasks,
         })
     }
 
@@ -65,13 +73,21 @@ impl TaskWatches {
         let this = self.clone();
         let ar = ar.clone();
         tokio::spawn(async move {
-            let events = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .touched_objects();
+            let source: Arc<str> = key.clone().into();
+            let events = watcher(api, watcher::Config::default()).default_backoff();
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
                 match event {
-                    Ok(task) => this.trigger(&ar, &task),
+                    Ok(event) => {
+                        let (index, finished) = &this.tasks;
+                        index.on_event(&source, &event, |t| Some(facts_of(TaskKind::Generic, t, finished)));
+                        match &event {
+                            watcher::Event::Apply(t) | watcher::Event::Delete(t) | watcher::Event::InitApply(t) => {
+                                this.trigger(&ar, t)
+                            }
+                            watcher::Event::Init | watcher::Event::InitDone => {}
+                        }
+                    }
                     Err(e) => {
                         warn!(kind = %key, error = %e, "task watch failed; retrying (does the operator may list and watch this kind?)")
                     }

@@ -565,6 +565,7 @@ mod tests {
                 started_at: Some(now),
                 deadline: None,
                 finished: None,
+                finished_at: None,
             }),
             secret,
             ca: CaObs::Ready {

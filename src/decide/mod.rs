@@ -4,6 +4,7 @@
 //! clock. The controllers fetch, call these, then apply what they return.
 
 pub mod approval;
+pub mod authorize;
 pub mod grant;
 pub mod grant_status;
 pub mod lifetime;

@@ -145,6 +145,7 @@ proptest! {
                 started_at: Some(now),
                 deadline: None,
                 finished: finished.map(|f| (f, "done".into())),
+                finished_at: None,
             }),
             secret: if has_live {
                 SecretObs::Ours(Some(LiveCert {

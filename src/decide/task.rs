@@ -39,6 +39,9 @@ pub struct TaskState {
     pub deadline: Option<Timestamp>,
     /// `Some` once the task has finished or is being deleted.
     pub finished: Option<(Outcome, String)>,
+    /// When it finished, as far as the object says (a condition's last transition,
+    /// the deletion timestamp): where revocation latency is measured from.
+    pub finished_at: Option<Timestamp>,
 }
 
 /// Which condition types mark a generic task as finished, and which of them are failures.
@@ -139,11 +142,24 @@ pub fn observe(kind: TaskKind, obj: &DynamicObject, finished: &FinishedCondition
             .as_ref()
             .map(|_| (Outcome::Deleting, "task is being deleted".to_string()))
     });
+    let finished_at = match &finished {
+        Some((Outcome::Deleting, _)) => obj.metadata.deletion_timestamp.as_ref().map(|t| t.0),
+        Some(_) => status
+            .get("conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.get("status").and_then(Value::as_str) == Some("True"))
+            .filter_map(|c| timestamp(c.get("lastTransitionTime")))
+            .max(),
+        None => None,
+    };
     TaskState {
         uid,
         started_at,
         deadline,
         finished,
+        finished_at,
     }
 }
 

@@ -84,6 +84,32 @@ pub fn verify_signed_by(cert_pem: &str, ca: &CertificateAuthority) -> bool {
     cert.issuer().as_raw() == ca_cert.subject().as_raw() && cert.verify_signature(Some(ca_cert.public_key())).is_ok()
 }
 
+/// Why a presented certificate is not one of ours.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PresentedError {
+    #[error("the certificate does not parse: {0}")]
+    Malformed(String),
+    #[error("the certificate is not signed by Mandate's CA")]
+    UntrustedIssuer,
+}
+
+/// Reads a presented DER certificate and checks that one of `trusted` (CA
+/// certificates, DER) issued it: the issuer name matches the CA's subject byte for
+/// byte and the signature verifies with its key. Validity and revocation are the
+/// caller's to check, against its own clock and record.
+pub fn verify_presented(der: &[u8], trusted: &[&[u8]]) -> Result<LeafInfo, PresentedError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| PresentedError::Malformed(e.to_string()))?;
+    let signed = trusted.iter().any(|ca_der| {
+        x509_parser::parse_x509_certificate(ca_der).is_ok_and(|(_, ca)| {
+            cert.issuer().as_raw() == ca.subject().as_raw() && cert.verify_signature(Some(ca.public_key())).is_ok()
+        })
+    });
+    if !signed {
+        return Err(PresentedError::UntrustedIssuer);
+    }
+    leaf_info(&cert, der).map_err(|e| PresentedError::Malformed(e.to_string()))
+}
+
 pub(super) fn issue(ca: &CertificateAuthority, req: &LeafRequest, now: OffsetDateTime) -> Result<IssuedLeaf, PkiError> {
     let spiffe_id = validated_spiffe_id(&req.spiffe_id)?;
     let (not_before, not_after) = validated_validity(ca, req, now)?;

@@ -34,7 +34,7 @@ mod test_support;
 pub use ca::CertificateAuthority;
 pub use crl::{CrlEntry, CrlInfo, CrlRequest, RevocationReason, crl_pem, inspect_crl_der, inspect_crl_pem};
 pub use error::{CaError, PkiError};
-pub use leaf::{IssuedLeaf, LeafInfo, LeafRequest, inspect_leaf_pem, verify_signed_by};
+pub use leaf::{IssuedLeaf, LeafInfo, LeafRequest, PresentedError, inspect_leaf_pem, verify_presented, verify_signed_by};
 pub use scope::{
     GrantScope, MAX_SCOPE_JSON_BYTES, SCOPE_EXTENSION_OID, SCOPE_EXTENSION_OID_STR, SCOPE_VERSION, ScopeTool,
     check_scope, read_scope,
@@ -43,6 +43,12 @@ pub use secret::PrivateKeyPem;
 pub use serving::ServingRequest;
 pub use time::OffsetDateTime;
 pub use util::hex_lower;
+pub(crate) use util::first_certificate_der;
+
+/// One DER certificate as PEM.
+pub fn pem_encode_certificate(der: &[u8]) -> String {
+    util::pem_encode("CERTIFICATE", der)
+}
 
 /// The signing CA as every part of the operator sees it: usable, or not and why.
 #[derive(Clone)]

@@ -13,6 +13,8 @@
 //! or not) and the scope expression it rebuilds for each policy on each call cost more
 //! than evaluating the handful of policies the index selects.
 
+mod invoke;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
@@ -23,6 +25,7 @@ use cedar_policy_core::extensions::Extensions;
 use super::compile::{Compiled, Effect};
 use super::index::{PrincipalScope, ScopeIndex, classify};
 use super::input::{ApprovalContext, IssueInput, IssueRequest, ToolRequest};
+pub use invoke::{InvokeDecision, InvokeDenial};
 use crate::api::PolicyMode;
 
 /// The approver Mandate puts in `context.approval` to ask "would an approval by

@@ -183,7 +183,9 @@ pub(crate) struct Names {
     pub agent: EntityTypeName,
     pub requester: EntityTypeName,
     pub tool: EntityTypeName,
+    pub call: EntityTypeName,
     pub issue: EntityUid,
+    pub invoke: EntityUid,
 }
 
 fn type_name(name: &str) -> EntityTypeName {
@@ -197,7 +199,9 @@ pub(crate) static NAMES: LazyLock<Names> = LazyLock::new(|| Names {
     agent: type_name("Mandate::Agent"),
     requester: type_name("Mandate::Requester"),
     tool: type_name("Mandate::Tool"),
+    call: type_name("Mandate::Call"),
     issue: EntityUid::from_type_name_and_id(type_name("Mandate::Action"), EntityId::new("issue")),
+    invoke: EntityUid::from_type_name_and_id(type_name("Mandate::Action"), EntityId::new("invoke")),
 });
 
 fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
@@ -543,5 +547,138 @@ pub(crate) mod tests {
         assert_eq!(eff(Some(Restricted), Some(Some(Public))), Restricted);
         assert_eq!(eff(None, Some(Some(Public))), Public);
         assert_eq!(eff(Some(Public), Some(None)), Internal);
+    }
+}
+
+/// One tool call at request time, as policy sees it (action `invoke`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InvokeRequest {
+    /// The grant's namespace.
+    pub namespace: String,
+    pub grant_name: String,
+    pub agent: AgentFacts,
+    /// The tool called, as granted (actions and destinations of the grant, the
+    /// classification as at issuance).
+    pub tool: ToolRequest,
+    pub action: String,
+    pub destination: String,
+    /// What the agent says it is doing.
+    pub intent: String,
+    pub data_sensitivity: Sensitivity,
+    pub task_kind: String,
+    pub task_name: String,
+    /// The call's arguments (a JSON object, or `None` when none were sent).
+    pub arguments: Option<serde_json::Map<String, serde_json::Value>>,
+    pub traceparent: String,
+    pub request_id: String,
+}
+
+/// Cedar's view of one call: the request and its entities.
+pub struct InvokeInput {
+    pub(crate) request: ast::Request,
+    pub(crate) entities: Entities,
+}
+
+impl InvokeInput {
+    pub fn new(req: &InvokeRequest) -> Result<Self, InputError> {
+        let n = &*NAMES;
+        let agent = &req.agent;
+        let principal = uid(&n.agent, &agent.entity_id());
+        let resource = uid(&n.tool, &req.tool.name);
+        let call = uid(&n.call, "call");
+        let tags: Vec<(SmolStr, PartialValue)> = req
+            .arguments
+            .iter()
+            .flatten()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (SmolStr::new(k), PartialValue::Value(string(&text)))
+            })
+            .collect();
+        let entities = vec![
+            entity(
+                &principal,
+                vec![
+                    ("name", string(&agent.name)),
+                    ("namespace", string(&agent.namespace)),
+                    ("owner", string(&agent.owner)),
+                    ("spiffeId", string(&agent.spiffe_id)),
+                    ("serviceAccount", string(&agent.service_account)),
+                ],
+                [uid(&n.namespace, &agent.namespace)],
+            ),
+            entity(
+                &resource,
+                vec![
+                    ("name", string(&req.tool.name)),
+                    ("sensitivity", string(req.tool.sensitivity.as_str())),
+                    ("sensitivityLevel", Value::from(req.tool.sensitivity.level())),
+                ],
+                [],
+            ),
+            ast::Entity::new_with_attr_partial_value(
+                call.clone().into(),
+                [],
+                HashSet::new(),
+                HashSet::new(),
+                tags,
+            ),
+        ];
+        let entities = cedar_policy_core::entities::Entities::from_entities(
+            entities,
+            None::<&cedar_policy_core::entities::NoEntitiesSchema>,
+            cedar_policy_core::entities::TCComputation::AssumeAlreadyComputed,
+            cedar_policy_core::extensions::Extensions::all_available(),
+        )
+        .map_err(|e| InputError::Entities(Box::new(e)))?;
+        let arguments_json = req
+            .arguments
+            .as_ref()
+            .map(|a| serde_json::Value::Object(a.clone()).to_string())
+            .unwrap_or_default();
+        let context = BTreeMap::from([
+            (SmolStr::new_static("namespace"), string(&req.namespace)),
+            (SmolStr::new_static("grant"), string(&req.grant_name)),
+            (SmolStr::new_static("taskKind"), string(&req.task_kind)),
+            (SmolStr::new_static("taskName"), string(&req.task_name)),
+            (SmolStr::new_static("action"), string(&req.action)),
+            (SmolStr::new_static("destination"), string(&req.destination)),
+            (SmolStr::new_static("intent"), string(&req.intent)),
+            (
+                SmolStr::new_static("dataSensitivity"),
+                string(req.data_sensitivity.as_str()),
+            ),
+            (
+                SmolStr::new_static("dataSensitivityLevel"),
+                Value::from(req.data_sensitivity.level()),
+            ),
+            (SmolStr::new_static("arguments"), Value::from(ast::EntityUID::from(call))),
+            (SmolStr::new_static("argumentsJson"), string(&arguments_json)),
+            (SmolStr::new_static("traceparent"), string(&req.traceparent)),
+            (SmolStr::new_static("requestId"), string(&req.request_id)),
+        ]);
+        let known = |u: &EntityUid| ast::EntityUIDEntry::known(u.clone().into(), None);
+        let request = ast::Request::new_unchecked(
+            known(&principal),
+            known(&n.invoke),
+            known(&resource),
+            Some(ast::Context::Value(Arc::new(context))),
+        );
+        Ok(InvokeInput {
+            request,
+            entities: Entities::from(entities),
+        })
+    }
+
+    /// The Cedar request, for tests that check it against the schema.
+    pub fn request(&self) -> Request {
+        Request::from(self.request.clone())
+    }
+
+    pub fn entities(&self) -> &Entities {
+        &self.entities
     }
 }

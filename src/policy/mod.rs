@@ -19,8 +19,13 @@ use std::sync::LazyLock;
 use cedar_policy::{Schema, Validator};
 
 pub use compile::{Compiled, CompiledPolicy, Effect, compile};
-pub use engine::{AgentPolicyEntry, HYPOTHETICAL_APPROVER, IssueDecision, NamespaceMatcher, Outcome, PolicyStore};
-pub use input::{AgentFacts, ApprovalContext, ApprovalFacts, InputError, IssueInput, IssueRequest, ToolRequest};
+pub use engine::{
+    AgentPolicyEntry, HYPOTHETICAL_APPROVER, InvokeDecision, InvokeDenial, IssueDecision, NamespaceMatcher, Outcome,
+    PolicyStore,
+};
+pub use input::{
+    AgentFacts, ApprovalContext, ApprovalFacts, InputError, InvokeInput, InvokeRequest, IssueInput, IssueRequest, ToolRequest,
+};
 
 /// Mandate's Cedar schema in the human-readable schema format: the entities, actions
 /// and context attributes policy text may use.

@@ -58,6 +58,8 @@ pub enum RunError {
     Webhook(#[source] crate::webhook::WebhookError),
     #[error("failed to listen for metrics: {0}")]
     Metrics(#[source] std::io::Error),
+    #[error("failed to start the decision service: {0}")]
+    Decision(#[source] crate::decision::server::ServeError),
 }
 
 /// Runs the controllers until SIGINT or SIGTERM.
@@ -92,20 +94,17 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .await
         .map_err(RunError::Webhook)?;
     tokio::spawn(webhook);
-    let metrics = Arc::new(crate::metrics::Metrics::default());
+    // The audit trail: JSON lines on stdout (logs go to stderr) and a bounded buffer.
+    let trail = crate::audit::AuditLog::stdout(crate::audit::Bounds {
+        events: args.audit_buffer_events,
+        bytes: args.audit_buffer_bytes,
+    });
+    let metrics = Arc::new(crate::metrics::Metrics::new(trail.dropped_counter()));
     // The published CRL, assembled from the ConfigMaps that store it, served on every
     // replica and watched by the CRL writer for damage.
     let (served_crl, served_crl_watch) =
         crate::state::crl::watch_served(client.clone(), &args.ca_secret_namespace, CRL_CONFIGMAP);
     tokio::spawn(served_crl_watch);
-    let metrics_server = crate::metrics::serve(
-        args.metrics_listen,
-        metrics.clone(),
-        crate::decision::crl::routes(served_crl.clone()),
-    )
-    .await
-    .map_err(RunError::Metrics)?;
-    tokio::spawn(metrics_server);
     // The revocation record: one watch on the CertificateRecords in the CA's namespace
     // feeds the index that the grant reconciles, the CRL writer and the sweeper read.
     let records = crate::state::records::RecordIndex::default();
@@ -136,7 +135,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         crl_name: CRL_CONFIGMAP.into(),
         part_bytes: args.crl_part_bytes,
         validity: args.crl_validity.into(),
-        served: served_crl,
+        served: served_crl.clone(),
         ca: ca_rx.clone(),
         records: records.clone(),
         records_ready: records_ready.clone(),
@@ -149,6 +148,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let (job_store, job_writer) = reflector::store();
     let (pod_store, pod_writer) = reflector::store();
     let (identity_store, identity_writer) = reflector::store();
+    let tasks = crate::state::tasks::TaskIndex::default();
+    let finished = FinishedConditions {
+        types: args.task_finished_conditions.clone(),
+    };
     let (secret_store, secret_writer) = reflector::store();
     let (approval_store, approval_writer) = reflector::store();
     let (namespace_store, namespace_writer) = reflector::store();
@@ -220,18 +223,42 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let identity_controller = Controller::new(api_for::<AgentIdentity>(&client, ns), watcher::Config::default())
         // A burst of grant changes for one identity becomes one status update.
         .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)));
+    let (identities_mark, identities_ready) = crate::state::ready::gate();
     let identities = watcher(api_for::<AgentIdentity>(&client, ns), watcher::Config::default())
         .default_backoff()
         .modify(slim::identity)
-        .reflect(identity_writer);
+        .reflect(identity_writer)
+        .inspect_ok(identities_mark.on_init_done());
+    // Jobs and Pods also feed the task index the decision service reads, from the
+    // same events, before they trigger anything.
+    let (jobs_mark, jobs_ready) = crate::state::ready::gate();
+    let (job_tasks, job_source, job_finished) = (tasks.clone(), Arc::<str>::from("batch/v1/Job"), finished.clone());
     let jobs = watcher(api_for::<Job>(&client, ns), watcher::Config::default())
         .default_backoff()
         .modify(slim::job)
-        .reflect(job_writer);
+        .reflect(job_writer)
+        .inspect_ok(move |event| {
+            job_tasks.on_event(&job_source, event, |j| {
+                crate::state::tasks::dynamic(j).map(|d| {
+                    crate::state::tasks::facts_of(crate::decide::task::TaskKind::Job, &d, &job_finished)
+                })
+            })
+        })
+        .inspect_ok(jobs_mark.on_init_done());
+    let (pods_mark, pods_ready) = crate::state::ready::gate();
+    let (pod_tasks, pod_source, pod_finished) = (tasks.clone(), Arc::<str>::from("v1/Pod"), finished.clone());
     let pods = watcher(api_for::<Pod>(&client, ns), watcher::Config::default())
         .default_backoff()
         .modify(slim::pod)
-        .reflect(pod_writer);
+        .reflect(pod_writer)
+        .inspect_ok(move |event| {
+            pod_tasks.on_event(&pod_source, event, |p| {
+                crate::state::tasks::dynamic(p).map(|d| {
+                    crate::state::tasks::facts_of(crate::decide::task::TaskKind::Pod, &d, &pod_finished)
+                })
+            })
+        })
+        .inspect_ok(pods_mark.on_init_done());
     let written = Arc::new(written::Written::default());
     let ours = written.clone();
     let (secrets_mark, secrets_ready) = crate::state::ready::gate();
@@ -267,11 +294,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         ledger: ledger.clone(),
         records_ready: records_ready.clone(),
         operator_max_ttl: args.max_ttl.into(),
-        finished_conditions: FinishedConditions {
-            types: args.task_finished_conditions.clone(),
-        },
+        finished_conditions: finished.clone(),
         task_kinds: Mutex::new(HashMap::new()),
-        task_watches: task_watch::TaskWatches::new(client.clone(), ns.clone(), grant_store.clone(), task_tx),
+        task_watches: task_watch::TaskWatches::new(
+            client.clone(),
+            ns.clone(),
+            grant_store.clone(),
+            task_tx,
+            (tasks.clone(), finished.clone()),
+        ),
         grants: grant_store.clone(),
         identities: identity_store,
         jobs: job_store,
@@ -283,11 +314,73 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         audit: policy::AuditLog::default(),
         audit_changed: audit_tx,
         approvals: approval_store,
-        metrics,
+        metrics: metrics.clone(),
+        trail: trail.clone(),
         errors: backoff::ErrorBackoff::default(),
         written,
         published_bundles: Mutex::new(HashMap::new()),
     });
+
+    // The decision service, on every replica, from the same indexes.
+    let service = Arc::new(crate::decision::service::Service::new(
+        crate::decision::service::Indexes {
+            records: records.clone(),
+            grants: grant_store.clone(),
+            identities: ctx.identities.clone(),
+            tasks: tasks.clone(),
+            policies: ctx.policies.clone(),
+            ca: ctx.ca.clone(),
+            ready: vec![
+                ("certificaterecords", records_ready.clone()),
+                ("toolgrants", grants_ready.clone()),
+                ("agentidentities", identities_ready),
+                ("jobs", jobs_ready),
+                ("pods", pods_ready),
+            ],
+        },
+        trail.clone(),
+        metrics.clone(),
+        crate::decide::authorize::Limits {
+            // One trust domain for the life of the process.
+            trust_domain: Box::leak(args.trust_domain.clone().into_boxed_str()),
+            max_cache: args.decision_max_cache.into(),
+        },
+    ));
+    let api = Arc::new(crate::decision::api::Api {
+        service: service.clone(),
+        callers: crate::decision::caller::CallerPolicy {
+            proxy_spiffe_ids: args.decision_proxy_spiffe_ids.clone(),
+            proxy_service_accounts: args.decision_proxy_service_accounts.clone(),
+            token_audience: args.decision_token_audience.clone(),
+        },
+        tokens: crate::decision::caller::TokenReviews::new(client.clone(), args.decision_token_cache.into()),
+    });
+    let decision_server = crate::decision::server::start(
+        crate::decision::server::ServerConfig {
+            listen: args.decision_listen,
+            dns_names: args.decision_dns_names.clone(),
+            ip_addresses: args.decision_ip_addresses.clone(),
+            cert_validity: args.decision_cert_validity.into(),
+        },
+        api,
+        crate::decision::crl::routes(served_crl.clone()),
+        ctx.ca.clone(),
+    )
+    .await
+    .map_err(RunError::Decision)?;
+    tokio::spawn(decision_server);
+    let metrics_server = crate::metrics::serve(
+        args.metrics_listen,
+        metrics.clone(),
+        crate::decision::crl::routes(served_crl.clone()).merge(crate::decision::health::routes(service.clone())),
+    )
+    .await
+    .map_err(RunError::Metrics)?;
+    tokio::spawn(metrics_server);
+    tokio::spawn(crate::decision::health::live_certificates(
+        records.clone(),
+        metrics.clone(),
+    ));
 
     let (s1, s2, s3) = (grant_store.clone(), grant_store.clone(), grant_store.clone());
     // Every change of the CA (restored, replaced, deleted) re-checks every grant: ones

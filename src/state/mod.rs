@@ -16,3 +16,4 @@ pub mod policies;
 pub mod ready;
 pub mod records;
 pub mod slim;
+pub mod tasks;

@@ -41,6 +41,11 @@ impl MarkReady {
 }
 
 impl Ready {
+    /// Whether the cache has been filled once (for readiness probes and decisions).
+    pub fn is_ready(&self) -> bool {
+        *self.0.borrow()
+    }
+
     /// Waits until the cache has been filled once. `false` when the stream that fills
     /// it is gone first (the operator is stopping): callers then read the API instead.
     pub async fn wait(&self) -> bool {

@@ -11,7 +11,7 @@
 
 pub mod admission;
 mod registration;
-mod tls;
+
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -67,7 +67,7 @@ pub async fn start(
             addr: config.listen,
             source,
         })?;
-    let resolver = Arc::new(tls::RotatingCert::default());
+    let resolver = Arc::new(crate::tls::RotatingCert::default());
     let rotation = rotate(client, config.clone(), ca, resolver.clone());
     let serve = accept_loop(listener, resolver);
     info!(listen = %config.listen, "admission webhook listening");
@@ -85,7 +85,7 @@ pub async fn start(
 /// report why they wait. So the webhook then serves from a throwaway self-signed
 /// signer held only in memory, trusted through the configurations' `caBundle`, until
 /// the real CA is back.
-async fn rotate(client: Client, config: WebhookConfig, mut ca: watch::Receiver<CaState>, cert: Arc<tls::RotatingCert>) {
+async fn rotate(client: Client, config: WebhookConfig, mut ca: watch::Receiver<CaState>, cert: Arc<crate::tls::RotatingCert>) {
     let mut registered_bundle: Option<String> = None;
     let mut fallback: Option<Arc<CertificateAuthority>> = None;
     loop {
@@ -163,8 +163,8 @@ async fn rotate(client: Client, config: WebhookConfig, mut ca: watch::Receiver<C
     }
 }
 
-async fn accept_loop(listener: TcpListener, cert: Arc<tls::RotatingCert>) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(cert));
+async fn accept_loop(listener: TcpListener, cert: Arc<crate::tls::RotatingCert>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(cert, None));
     let app = Router::new().route("/mutate", post(mutate)).with_state(());
     loop {
         let (tcp, peer) = match listener.accept().await {
