@@ -7,6 +7,8 @@
 
 mod support;
 
+mod authorize;
+
 mod cluster_wide;
 mod controlplane;
 mod crash;

@@ -113,11 +113,21 @@ pub struct RunArgs {
     pub decision_listen: std::net::SocketAddr,
 
     /// DNS names in the decision service's serving certificate (what its clients dial).
-    #[arg(long, env = "MANDATE_DECISION_DNS_NAMES", value_delimiter = ',', default_value = "localhost")]
+    #[arg(
+        long,
+        env = "MANDATE_DECISION_DNS_NAMES",
+        value_delimiter = ',',
+        default_value = "localhost"
+    )]
     pub decision_dns_names: Vec<String>,
 
     /// IP addresses in the decision service's serving certificate.
-    #[arg(long, env = "MANDATE_DECISION_IP_ADDRESSES", value_delimiter = ',', default_value = "127.0.0.1")]
+    #[arg(
+        long,
+        env = "MANDATE_DECISION_IP_ADDRESSES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1"
+    )]
     pub decision_ip_addresses: Vec<std::net::IpAddr>,
 
     /// Lifetime of the decision service's serving certificate; rotated at two thirds.

@@ -91,8 +91,9 @@ impl Metrics {
             authorizations.clone(),
         );
         // 10 us to about 160 ms.
-        let authorization_seconds =
-            Family::<ProtocolLabel, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.00001, 2.0, 15)));
+        let authorization_seconds = Family::<ProtocolLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.00001, 2.0, 15))
+        });
         registry.register(
             "authorization_seconds",
             "Time to decide one call inside the decision service, by protocol",

@@ -5,6 +5,7 @@
 
 pub mod kubelet;
 pub mod operator;
+pub mod tls;
 pub mod wait;
 
 use std::{

@@ -40,13 +40,13 @@ use crate::{
         RecordedTask, RevocationCause, SupersededCertificate, ToolGrant, ToolGrantStatus,
         names::{ANN_RENEW_AT, ANN_SERIAL, FINALIZER, LABEL_GRANT, LABEL_IDENTITY, LABEL_TASK, MANAGED_BY, MANAGER},
     },
+    audit::EventKind,
     decide::{
         approval::Pick,
         grant::{CaObs, LiveCert, Observed, Plan, PolicyObs, SecretObs, decide},
         grant_status,
         task::{self, TaskKind, TaskState},
     },
-    audit::EventKind,
     failpoint::crash_point,
     pki::{self, CaState, LeafRequest, OffsetDateTime},
     spiffe::SpiffeId,
@@ -709,8 +709,7 @@ async fn record_revocation(
     for s in serials {
         ctx.metrics.certificate(event, cause.as_str());
         if let Some(at) = finished_at {
-            ctx.metrics
-                .revoked_after(o.now.duration_since(at).as_secs_f64());
+            ctx.metrics.revoked_after(o.now.duration_since(at).as_secs_f64());
         }
         trail::emit(
             ctx,

@@ -5,11 +5,13 @@
 //! with `now`; this module checks them in a fixed order and returns the first failure,
 //! each with its own [`Reason`]. Anything missing is a denial, never a default.
 //!
-//! The order (docs/authorize.md): the certificate's validity, its revocation, the
+//! The order (docs/authorize.md): the certificate's validity and its record, the
 //! grant (exists, live, same generation as the certificate), the identity (same
-//! SPIFFE ID, not suspended), the task (still running), the call's tool, action and
-//! destination against the grant (the matcher issuance uses), its data sensitivity,
-//! then Cedar `invoke` policies. The chain and the caller are checked before this, by
+//! SPIFFE ID, not suspended), the task (still running), the serial's revocation, the
+//! call's tool, action and destination against the grant (the matcher issuance
+//! uses), its data sensitivity, then Cedar `invoke` policies. The live state comes
+//! before the revocation so the reason names the cause: a certificate revoked because
+//! its task completed says TaskFinished, the moment the task's watch event lands. The chain and the caller are checked before this, by
 //! the service, because they need the trust bundle and the connection.
 
 use std::{fmt, time::Duration};
@@ -321,18 +323,6 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
             format!("the certificate expired at {not_after}"),
         );
     }
-    if let Some((at, cause)) = &record.revoked {
-        return deny(
-            Reason::Revoked,
-            format!("serial {} was revoked at {at} ({})", subject.serial, cause.as_str()),
-        );
-    }
-    if record.deleting {
-        return deny(
-            Reason::Revoked,
-            format!("serial {}'s record is being deleted", subject.serial),
-        );
-    }
     // A certificate names its grant; the record must say the same (a forged scope
     // cannot be signed, but a record and a certificate could disagree after a bug).
     if let Some(s) = &subject.scope
@@ -347,7 +337,10 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
         );
     }
 
-    let Some(grant) = facts.grant.filter(|g| g.uid().as_deref() == Some(record.grant_uid.as_str())) else {
+    let Some(grant) = facts
+        .grant
+        .filter(|g| g.uid().as_deref() == Some(record.grant_uid.as_str()))
+    else {
         return deny(
             Reason::GrantNotFound,
             format!(
@@ -372,7 +365,10 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
     let phase = grant.status.as_ref().and_then(|s| s.phase);
     if phase != Some(GrantPhase::Issued) {
         let phase = phase.map_or("none".to_string(), |p| format!("{p:?}"));
-        return deny(Reason::GrantNotLive, format!("the grant is in phase {phase}, not Issued"));
+        return deny(
+            Reason::GrantNotLive,
+            format!("the grant is in phase {phase}, not Issued"),
+        );
     }
 
     let Some(identity) = facts
@@ -444,6 +440,21 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
         );
     }
 
+    // Revocation after the live state: a certificate revoked because its task ended,
+    // its grant changed or its identity was suspended reports that cause above; one
+    // revoked for its own sake (its Secret was lost, a sweep) reports Revoked.
+    if let Some((at, cause)) = &record.revoked {
+        return deny(
+            Reason::Revoked,
+            format!("serial {} was revoked at {at} ({})", subject.serial, cause.as_str()),
+        );
+    }
+    if record.deleting {
+        return deny(
+            Reason::Revoked,
+            format!("serial {}'s record is being deleted", subject.serial),
+        );
+    }
     // Scope: what the certificate carries and what the grant says now (the same,
     // since the generations are equal), with issuance's matcher.
     let granted: Vec<ToolScope> = match &subject.scope {
@@ -465,13 +476,19 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
         destinations: vec![call.destination.clone()],
         sensitivity: None,
     };
-    if let Some(excess) = scope::excess(std::slice::from_ref(&wanted), &granted).into_iter().next() {
+    if let Some(excess) = scope::excess(std::slice::from_ref(&wanted), &granted)
+        .into_iter()
+        .next()
+    {
         let reason = match excess {
             Excess::Tool { .. } => Reason::ToolNotGranted,
             Excess::Action { .. } => Reason::ActionNotGranted,
             Excess::Destination { .. } => Reason::DestinationNotGranted,
         };
-        let what = excess.to_string().replace("the identity's ceiling", "the grant").replace("the ceiling", "the grant");
+        let what = excess
+            .to_string()
+            .replace("the identity's ceiling", "the grant")
+            .replace("the ceiling", "the grant");
         return deny(reason, what);
     }
     let allowed_data = grant.spec.data_sensitivity.unwrap_or_default();
@@ -546,8 +563,6 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
         policies: decision.policies,
     }
 }
-
-
 
 #[cfg(test)]
 mod tests;

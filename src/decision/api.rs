@@ -52,7 +52,7 @@ impl Api {
     /// The caller: the connection's client certificate, else a bearer token.
     pub async fn caller(&self, peer: &Peer, authorization: Option<&str>) -> Option<Caller> {
         if let Some(der) = &peer.0 {
-            return self.callers.from_certificate(der);
+            return self.callers.for_certificate(der);
         }
         let token = authorization?.strip_prefix("Bearer ")?.trim();
         if token.is_empty() {
@@ -181,7 +181,9 @@ impl AuthorizeResponse {
 
 /// Bounds and shapes a call's arguments: an object of at most
 /// [`MAX_ARGUMENTS_BYTES`] of JSON, or nothing.
-pub fn arguments(value: Option<serde_json::Value>) -> Result<Option<serde_json::Map<String, serde_json::Value>>, String> {
+pub fn arguments(
+    value: Option<serde_json::Value>,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, String> {
     match value {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::Object(map)) => {
@@ -213,7 +215,9 @@ async fn authorize(
 ) -> Response {
     let started = std::time::Instant::now();
     let Some(caller) = api.caller(&peer, authorization(&headers)).await else {
-        api.service.metrics.authorization("authorize", "Unauthenticated", started.elapsed());
+        api.service
+            .metrics
+            .authorization("authorize", "Unauthenticated", started.elapsed());
         return unauthenticated();
     };
     let req: AuthorizeRequest = match serde_json::from_slice(&body) {
@@ -376,16 +380,20 @@ async fn audit_report(
         };
         audit.query(&filter, 1).into_iter().next().map(|e| e.keys)
     } else if let Some(serial) = report.serial.as_deref().filter(|s| !s.is_empty()) {
-        api.service.indexes.records.get(&serial.to_ascii_lowercase()).map(|r| Keys {
-            grant: Some(GrantKey {
-                namespace: r.grant_namespace.clone(),
-                name: r.grant_name.clone(),
-                uid: r.grant_uid.clone(),
-                generation: r.generation,
-            }),
-            serial: Some(r.serial.clone()),
-            ..Keys::default()
-        })
+        api.service
+            .indexes
+            .records
+            .get(&serial.to_ascii_lowercase())
+            .map(|r| Keys {
+                grant: Some(GrantKey {
+                    namespace: r.grant_namespace.clone(),
+                    name: r.grant_name.clone(),
+                    uid: r.grant_uid.clone(),
+                    generation: r.generation,
+                }),
+                serial: Some(r.serial.clone()),
+                ..Keys::default()
+            })
     } else {
         return (StatusCode::BAD_REQUEST, "a report names a decisionId or a serial\n").into_response();
     };
@@ -412,7 +420,10 @@ async fn audit_report(
             tool: cut(report.tool),
             action: cut(report.action),
             destination: cut(report.destination),
-            data_sensitivity: report.data_sensitivity.map(|s| s.as_str().to_string()).unwrap_or_default(),
+            data_sensitivity: report
+                .data_sensitivity
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
             request_id: cut(report.request_id),
         }),
     });

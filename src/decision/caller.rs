@@ -60,7 +60,7 @@ pub struct CallerPolicy {
 
 impl CallerPolicy {
     /// The caller a verified client certificate makes, if it is one that may call.
-    pub fn from_certificate(&self, der: &[u8]) -> Option<Caller> {
+    pub fn for_certificate(&self, der: &[u8]) -> Option<Caller> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
         let uri = cert
             .subject_alternative_name()
@@ -73,7 +73,7 @@ impl CallerPolicy {
                 x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
                 _ => None,
             })?;
-        if self.proxy_spiffe_ids.iter().any(|p| *p == uri) {
+        if self.proxy_spiffe_ids.contains(&uri) {
             return Some(Caller::Proxy { id: uri });
         }
         // Any other certificate of Mandate's CA must be an agent's (it carries a grant
@@ -85,7 +85,7 @@ impl CallerPolicy {
         })
     }
 
-    fn from_username(&self, username: &str) -> Option<Caller> {
+    fn for_username(&self, username: &str) -> Option<Caller> {
         let rest = username.strip_prefix("system:serviceaccount:")?;
         let (namespace, name) = rest.split_once(':')?;
         let key = format!("{namespace}/{name}");
@@ -101,10 +101,14 @@ impl CallerPolicy {
     }
 }
 
+type TokenHash = [u8; 32];
+/// When a token was reviewed, and the username it authenticated (`None`: it did not).
+type Reviewed = (Instant, Option<String>);
+
 /// TokenReview answers, by the token's SHA-256, for a short while.
 pub struct TokenReviews {
     client: Client,
-    cache: Mutex<HashMap<[u8; 32], (Instant, Option<String>)>>,
+    cache: Mutex<HashMap<TokenHash, Reviewed>>,
     ttl: Duration,
 }
 
@@ -127,7 +131,7 @@ impl TokenReviews {
         if let Some((at, user)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
             && now.duration_since(*at) < self.ttl
         {
-            return user.as_deref().and_then(|u| policy.from_username(u));
+            return user.as_deref().and_then(|u| policy.for_username(u));
         }
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -161,6 +165,6 @@ impl TokenReviews {
             }
         }
         cache.insert(key, (now, user.clone()));
-        user.as_deref().and_then(|u| policy.from_username(u))
+        user.as_deref().and_then(|u| policy.for_username(u))
     }
 }

@@ -76,7 +76,13 @@ fn sensitivity(s: &str) -> Option<Sensitivity> {
 /// The call `attrs` describe, or why they do not describe one.
 pub fn call_of(attrs: &Attributes<'_>) -> Result<Call, String> {
     let header = |name: &str| attrs.headers.get(name).map(String::as_str).filter(|v| !v.is_empty());
-    let ext = |name: &str| attrs.context.and_then(|c| c.get(name)).map(String::as_str).filter(|v| !v.is_empty());
+    let ext = |name: &str| {
+        attrs
+            .context
+            .and_then(|c| c.get(name))
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    };
     let path = attrs.path.split(['?', '#']).next().unwrap_or_default();
     let host = attrs.host.to_ascii_lowercase();
     let destination = format!("{host}{path}");
@@ -88,7 +94,10 @@ pub fn call_of(attrs: &Attributes<'_>) -> Result<Call, String> {
         && meta.get("method").and_then(Value::as_str) == Some("tools/call")
     {
         let params = meta.get("params");
-        mcp_tool = params.and_then(|p| p.get("name")).and_then(Value::as_str).map(str::to_string);
+        mcp_tool = params
+            .and_then(|p| p.get("name"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
         mcp_arguments = params.and_then(|p| p.get("arguments")).cloned();
     }
     if mcp_tool.is_none()
@@ -97,7 +106,10 @@ pub fn call_of(attrs: &Attributes<'_>) -> Result<Call, String> {
         && rpc.get("method").and_then(Value::as_str) == Some("tools/call")
     {
         let params = rpc.get("params");
-        mcp_tool = params.and_then(|p| p.get("name")).and_then(Value::as_str).map(str::to_string);
+        mcp_tool = params
+            .and_then(|p| p.get("name"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
         mcp_arguments = params.and_then(|p| p.get("arguments")).cloned();
     }
     if mcp_tool.is_none() && header("mcp-method") == Some("tools/call") {
@@ -167,7 +179,12 @@ pub fn json_of(v: &PbValue) -> Value {
 }
 
 fn struct_json(s: &Struct) -> Value {
-    Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), json_of(v))).collect::<Map<_, _>>())
+    Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), json_of(v)))
+            .collect::<Map<_, _>>(),
+    )
 }
 
 fn string_value(s: &str) -> PbValue {
@@ -209,7 +226,10 @@ pub struct ExtAuthzGrpc(pub Arc<Api>);
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthzGrpc {
-    async fn check(&self, request: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let started = std::time::Instant::now();
         let peer = request.extensions().get::<Peer>().cloned().unwrap_or_default();
         let authorization = request
@@ -222,7 +242,9 @@ impl Authorization for ExtAuthzGrpc {
                 .service
                 .metrics
                 .authorization("ext_authz_grpc", "Unauthenticated", started.elapsed());
-            return Err(tonic::Status::unauthenticated("authenticate to call Mandate's decision service"));
+            return Err(tonic::Status::unauthenticated(
+                "authenticate to call Mandate's decision service",
+            ));
         };
         let check = request.into_inner();
         let empty = HashMap::new();
@@ -290,7 +312,12 @@ fn check_response(answer: &Answer) -> CheckResponse {
     if answer.verdict.allowed() {
         let mut ok = OkHttpResponseBuilder::new();
         ok.add_header(DECISION_HEADER, answer.decision_id.clone(), None, false);
-        ok.add_header(GRANT_HEADER, format!("{}/{}", n.grant_namespace, n.grant_name), None, false);
+        ok.add_header(
+            GRANT_HEADER,
+            format!("{}/{}", n.grant_namespace, n.grant_name),
+            None,
+            false,
+        );
         ok.add_header(SERIAL_HEADER, answer.serial.clone(), None, false);
         response.set_status(tonic::Status::ok("")).set_http_response(ok);
     } else {
@@ -346,14 +373,14 @@ pub async fn http(State(api): State<Arc<Api>>, request: Request) -> Response {
         body: std::str::from_utf8(&body).unwrap_or_default(),
     };
     let get = |name: &str| headers.get(name).filter(|v| !v.is_empty()).cloned();
-    let certificate = get(PEER_CERTIFICATE_HEADER).or_else(|| get("x-forwarded-client-cert").and_then(|x| xfcc_cert(&x)));
+    let certificate =
+        get(PEER_CERTIFICATE_HEADER).or_else(|| get("x-forwarded-client-cert").and_then(|x| xfcc_cert(&x)));
     let asserted = match (get(SPIFFE_ID_HEADER), get(SERIAL_HEADER)) {
         (None, None) => None,
         (id, serial) => Some((id.unwrap_or_default(), serial.unwrap_or_default())),
     };
-    let identity_claimed = certificate.is_some()
-        || asserted.is_some()
-        || FOREIGN_IDENTITY_HEADERS.iter().any(|h| get(h).is_some());
+    let identity_claimed =
+        certificate.is_some() || asserted.is_some() || FOREIGN_IDENTITY_HEADERS.iter().any(|h| get(h).is_some());
     let named = Named {
         certificate,
         asserted,
@@ -397,7 +424,9 @@ fn lowercase(h: &HeaderMap) -> HashMap<String, String> {
 fn xfcc_cert(xfcc: &str) -> Option<String> {
     xfcc.split([';', ',']).find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
-        k.trim().eq_ignore_ascii_case("cert").then(|| v.trim().trim_matches('"').to_string())
+        k.trim()
+            .eq_ignore_ascii_case("cert")
+            .then(|| v.trim().trim_matches('"').to_string())
     })
 }
 
@@ -421,7 +450,9 @@ mod tests {
     fn an_mcp_tools_call_names_the_tool_and_its_arguments() {
         let headers = HashMap::new();
         let mut a = attrs(&headers, None);
-        a.mcp = Some(serde_json::json!({"method": "tools/call", "params": {"name": "query", "arguments": {"sql": "select 1"}}}));
+        a.mcp = Some(
+            serde_json::json!({"method": "tools/call", "params": {"name": "query", "arguments": {"sql": "select 1"}}}),
+        );
         let call = call_of(&a).unwrap();
         assert_eq!((call.tool.as_str(), call.action.as_str()), ("query", "call"));
         assert_eq!(call.destination, "mcp.example:8443/mcp");

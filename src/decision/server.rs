@@ -107,14 +107,19 @@ async fn rotate(
                         let lifetime = (leaf.not_after - now).unsigned_abs();
                         next = lifetime.mul_f64(2.0 / 3.0).max(Duration::from_secs(1));
                     }
-                    Ok((Err(e), _)) => warn!(error = %e, "failed to install the decision service certificate; retrying"),
+                    Ok((Err(e), _)) => {
+                        warn!(error = %e, "failed to install the decision service certificate; retrying")
+                    }
                     Err(e) => warn!(error = %e, "failed to issue the decision service certificate; retrying"),
                 }
             }
             CaState::Unavailable { reason, .. } => {
                 // Without a CA nothing can be verified: keep serving with the last
                 // configuration (every decision is NotReady meanwhile).
-                warn!(reason, "no usable CA: the decision service answers NotReady until there is one");
+                warn!(
+                    reason,
+                    "no usable CA: the decision service answers NotReady until there is one"
+                );
             }
         }
         tokio::select! {
@@ -124,11 +129,7 @@ async fn rotate(
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    app: Router,
-    mut tls: watch::Receiver<Option<tokio_rustls::TlsAcceptor>>,
-) {
+async fn accept_loop(listener: TcpListener, app: Router, mut tls: watch::Receiver<Option<tokio_rustls::TlsAcceptor>>) {
     // No connection is accepted before the first certificate is in place.
     if tls.wait_for(Option::is_some).await.is_err() {
         return;

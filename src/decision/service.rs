@@ -194,15 +194,13 @@ impl Service {
         });
         // A ServiceAccount that is no proxy asks about its own identity only.
         if let Caller::ServiceAccount { namespace, name: sa } = caller
-            && identity
-                .as_ref()
-                .is_none_or(|i| i.metadata.namespace.as_deref() != Some(namespace) || &i.spec.service_account_name != sa)
+            && identity.as_ref().is_none_or(|i| {
+                i.metadata.namespace.as_deref() != Some(namespace) || &i.spec.service_account_name != sa
+            })
         {
             let v = Verdict::deny(
                 Reason::CallerNotSubject,
-                format!(
-                    "serviceaccount {namespace}/{sa} is not the identity of the certificate it presented"
-                ),
+                format!("serviceaccount {namespace}/{sa} is not the identity of the certificate it presented"),
             );
             return (v, subject.serial.clone(), subject.spiffe_id.clone());
         }
@@ -249,7 +247,10 @@ impl Service {
             if !caller.is_proxy() {
                 return Err((
                     Reason::UntrustedIdentityAssertion,
-                    format!("{} may not assert an identity by SPIFFE ID and serial", caller.describe()),
+                    format!(
+                        "{} may not assert an identity by SPIFFE ID and serial",
+                        caller.describe()
+                    ),
                 ));
             }
             if spiffe_id.is_empty() || serial.is_empty() {

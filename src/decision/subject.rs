@@ -27,9 +27,12 @@ pub struct Trust {
     pub bundle_pem: String,
 }
 
+type Subjects = HashMap<Box<str>, Arc<Subject>>;
+
 /// Verified subjects by certificate text.
 pub struct SubjectCache {
-    inner: RwLock<(usize, HashMap<Box<str>, Arc<Subject>>)>,
+    /// The trust generation the entries were verified against, and the entries.
+    inner: RwLock<(usize, Subjects)>,
     capacity: usize,
 }
 
@@ -85,9 +88,12 @@ pub fn verify(text: &str, trust: &Trust) -> Result<Subject, (Reason, String)> {
     let pem = if text.contains("-----BEGIN") {
         text
     } else {
-        decoded = percent_encoding::percent_decode_str(text)
-            .decode_utf8()
-            .map_err(|e| (Reason::MalformedCertificate, format!("the certificate is not UTF-8: {e}")))?;
+        decoded = percent_encoding::percent_decode_str(text).decode_utf8().map_err(|e| {
+            (
+                Reason::MalformedCertificate,
+                format!("the certificate is not UTF-8: {e}"),
+            )
+        })?;
         &decoded
     };
     let der = pki::first_certificate_der(pem).map_err(|e| (Reason::MalformedCertificate, e.to_string()))?;

@@ -34,7 +34,9 @@ mod test_support;
 pub use ca::CertificateAuthority;
 pub use crl::{CrlEntry, CrlInfo, CrlRequest, RevocationReason, crl_pem, inspect_crl_der, inspect_crl_pem};
 pub use error::{CaError, PkiError};
-pub use leaf::{IssuedLeaf, LeafInfo, LeafRequest, PresentedError, inspect_leaf_pem, verify_presented, verify_signed_by};
+pub use leaf::{
+    IssuedLeaf, LeafInfo, LeafRequest, PresentedError, inspect_leaf_pem, verify_presented, verify_signed_by,
+};
 pub use scope::{
     GrantScope, MAX_SCOPE_JSON_BYTES, SCOPE_EXTENSION_OID, SCOPE_EXTENSION_OID_STR, SCOPE_VERSION, ScopeTool,
     check_scope, read_scope,
@@ -42,8 +44,8 @@ pub use scope::{
 pub use secret::PrivateKeyPem;
 pub use serving::ServingRequest;
 pub use time::OffsetDateTime;
-pub use util::hex_lower;
 pub(crate) use util::first_certificate_der;
+pub use util::hex_lower;
 
 /// One DER certificate as PEM.
 pub fn pem_encode_certificate(der: &[u8]) -> String {

@@ -25,8 +25,8 @@ use cedar_policy_core::extensions::Extensions;
 use super::compile::{Compiled, Effect};
 use super::index::{PrincipalScope, ScopeIndex, classify};
 use super::input::{ApprovalContext, IssueInput, IssueRequest, ToolRequest};
-pub use invoke::{InvokeDecision, InvokeDenial};
 use crate::api::PolicyMode;
+pub use invoke::{InvokeDecision, InvokeDenial};
 
 /// The approver Mandate puts in `context.approval` to ask "would an approval by
 /// someone other than the requester lift this denial?". Not a valid Kubernetes

@@ -619,13 +619,7 @@ impl InvokeInput {
                 ],
                 [],
             ),
-            ast::Entity::new_with_attr_partial_value(
-                call.clone().into(),
-                [],
-                HashSet::new(),
-                HashSet::new(),
-                tags,
-            ),
+            ast::Entity::new_with_attr_partial_value(call.clone().into(), [], HashSet::new(), HashSet::new(), tags),
         ];
         let entities = cedar_policy_core::entities::Entities::from_entities(
             entities,
@@ -655,7 +649,10 @@ impl InvokeInput {
                 SmolStr::new_static("dataSensitivityLevel"),
                 Value::from(req.data_sensitivity.level()),
             ),
-            (SmolStr::new_static("arguments"), Value::from(ast::EntityUID::from(call))),
+            (
+                SmolStr::new_static("arguments"),
+                Value::from(ast::EntityUID::from(call)),
+            ),
             (SmolStr::new_static("argumentsJson"), string(&arguments_json)),
             (SmolStr::new_static("traceparent"), string(&req.traceparent)),
             (SmolStr::new_static("requestId"), string(&req.request_id)),

@@ -24,7 +24,8 @@ pub use engine::{
     PolicyStore,
 };
 pub use input::{
-    AgentFacts, ApprovalContext, ApprovalFacts, InputError, InvokeInput, InvokeRequest, IssueInput, IssueRequest, ToolRequest,
+    AgentFacts, ApprovalContext, ApprovalFacts, InputError, InvokeInput, InvokeRequest, IssueInput, IssueRequest,
+    ToolRequest,
 };
 
 /// Mandate's Cedar schema in the human-readable schema format: the entities, actions

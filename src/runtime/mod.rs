@@ -239,9 +239,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .reflect(job_writer)
         .inspect_ok(move |event| {
             job_tasks.on_event(&job_source, event, |j| {
-                crate::state::tasks::dynamic(j).map(|d| {
-                    crate::state::tasks::facts_of(crate::decide::task::TaskKind::Job, &d, &job_finished)
-                })
+                crate::state::tasks::dynamic(j)
+                    .map(|d| crate::state::tasks::facts_of(crate::decide::task::TaskKind::Job, &d, &job_finished))
             })
         })
         .inspect_ok(jobs_mark.on_init_done());
@@ -253,9 +252,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .reflect(pod_writer)
         .inspect_ok(move |event| {
             pod_tasks.on_event(&pod_source, event, |p| {
-                crate::state::tasks::dynamic(p).map(|d| {
-                    crate::state::tasks::facts_of(crate::decide::task::TaskKind::Pod, &d, &pod_finished)
-                })
+                crate::state::tasks::dynamic(p)
+                    .map(|d| crate::state::tasks::facts_of(crate::decide::task::TaskKind::Pod, &d, &pod_finished))
             })
         })
         .inspect_ok(pods_mark.on_init_done());

@@ -43,7 +43,9 @@ pub fn facts_of(kind: TaskKind, obj: &DynamicObject, finished: &FinishedConditio
 
 /// A typed task object as the adapters read it.
 pub fn dynamic<K: serde::Serialize>(obj: &K) -> Option<DynamicObject> {
-    serde_json::to_value(obj).ok().and_then(|v| serde_json::from_value(v).ok())
+    serde_json::to_value(obj)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
 }
 
 impl TaskIndex {
@@ -132,7 +134,11 @@ mod tests {
         let src: Arc<str> = "jobs".into();
         let read = |f: &TaskFacts| Some(f.clone());
         idx.on_event(&src, &watcher::Event::Apply(facts("j1", None)), read);
-        idx.on_event(&src, &watcher::Event::Apply(facts("j1", Some(Outcome::Succeeded))), read);
+        idx.on_event(
+            &src,
+            &watcher::Event::Apply(facts("j1", Some(Outcome::Succeeded))),
+            read,
+        );
         assert_eq!(idx.get("j1").unwrap().finished, Some(Outcome::Succeeded));
         idx.on_event(&src, &watcher::Event::Delete(facts("j1", None)), read);
         assert!(idx.get("j1").is_none());

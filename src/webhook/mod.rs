@@ -12,7 +12,6 @@
 pub mod admission;
 mod registration;
 
-
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Json, Router, extract::State, routing::post};
@@ -85,7 +84,12 @@ pub async fn start(
 /// report why they wait. So the webhook then serves from a throwaway self-signed
 /// signer held only in memory, trusted through the configurations' `caBundle`, until
 /// the real CA is back.
-async fn rotate(client: Client, config: WebhookConfig, mut ca: watch::Receiver<CaState>, cert: Arc<crate::tls::RotatingCert>) {
+async fn rotate(
+    client: Client,
+    config: WebhookConfig,
+    mut ca: watch::Receiver<CaState>,
+    cert: Arc<crate::tls::RotatingCert>,
+) {
     let mut registered_bundle: Option<String> = None;
     let mut fallback: Option<Arc<CertificateAuthority>> = None;
     loop {

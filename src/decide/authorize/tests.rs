@@ -159,7 +159,10 @@ fn an_in_scope_call_is_allowed_and_names_its_grant_and_task() {
     assert_eq!(v.named.grant_uid, "g-uid");
     assert_eq!(v.named.grant_generation, 2);
     assert_eq!(v.named.identity, "ns/a");
-    assert_eq!((v.named.task_kind.as_str(), v.named.task_uid.as_str()), ("Job", "t-uid"));
+    assert_eq!(
+        (v.named.task_kind.as_str(), v.named.task_uid.as_str()),
+        ("Job", "t-uid")
+    );
     assert_eq!(v.policies, ["base/in-scope"]);
     // Cached no longer than the limit, the certificate and the task's deadline allow.
     assert_eq!(v.valid_until, Some(now() + SignedDuration::from_secs(5)));
@@ -259,7 +262,9 @@ fn each_check_denies_with_its_own_reason() {
     denied(&w, Reason::PolicyForbidden);
 
     let mut w = World::new();
-    w.policies = Some(store("@id(\"other\") permit(principal, action == Mandate::Action::\"issue\", resource);"));
+    w.policies = Some(store(
+        "@id(\"other\") permit(principal, action == Mandate::Action::\"issue\", resource);",
+    ));
     denied(&w, Reason::PolicyNoPermit);
 
     let mut w = World::new();

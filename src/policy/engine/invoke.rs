@@ -82,7 +82,11 @@ impl PolicyStore {
             .flatten()
             .filter(selected)
             .collect();
-        let eval = Evaluator::new(input.request.clone(), input.entities.as_ref(), Extensions::all_available());
+        let eval = Evaluator::new(
+            input.request.clone(),
+            input.entities.as_ref(),
+            Extensions::all_available(),
+        );
         let mut enforce = Tally::default();
         for g in groups.iter().filter(|g| !g.audit) {
             enforce.add(self, &eval, g);
