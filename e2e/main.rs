@@ -12,6 +12,7 @@ mod authorize;
 mod cluster_wide;
 mod controlplane;
 mod crash;
+mod envoy;
 mod faults;
 mod grants;
 mod identity;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // not every test binary uses every helper
 
+pub mod envoy;
 pub mod kubelet;
 pub mod operator;
 pub mod tls;

@@ -362,15 +362,6 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
             ),
         );
     }
-    let phase = grant.status.as_ref().and_then(|s| s.phase);
-    if phase != Some(GrantPhase::Issued) {
-        let phase = phase.map_or("none".to_string(), |p| format!("{p:?}"));
-        return deny(
-            Reason::GrantNotLive,
-            format!("the grant is in phase {phase}, not Issued"),
-        );
-    }
-
     let Some(identity) = facts
         .identity
         .filter(|i| i.namespace() == grant.namespace() && i.name_any() == grant.spec.identity_ref.name)
@@ -437,6 +428,17 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
                 "task {} {} passed its deadline {deadline}",
                 named.task_kind, named.task_name
             ),
+        );
+    }
+
+    // The grant's phase after the task and the identity: a grant revoked because
+    // its task finished or its identity was suspended says so above.
+    let phase = grant.status.as_ref().and_then(|s| s.phase);
+    if phase != Some(GrantPhase::Issued) {
+        let phase = phase.map_or("none".to_string(), |p| format!("{p:?}"));
+        return deny(
+            Reason::GrantNotLive,
+            format!("the grant is in phase {phase}, not Issued"),
         );
     }
 

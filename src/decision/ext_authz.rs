@@ -319,6 +319,10 @@ fn check_response(answer: &Answer) -> CheckResponse {
             false,
         );
         ok.add_header(SERIAL_HEADER, answer.serial.clone(), None, false);
+        // Identity headers a client sent must not reach the upstream looking like ours.
+        for h in [PEER_CERTIFICATE_HEADER, SPIFFE_ID_HEADER] {
+            ok.remove_header(h);
+        }
         response.set_status(tonic::Status::ok("")).set_http_response(ok);
     } else {
         let mut denied = DeniedHttpResponseBuilder::new();
@@ -358,10 +362,12 @@ pub async fn http(State(api): State<Arc<Api>>, request: Request) -> Response {
     let original = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let path = original.strip_prefix("/v1/ext-authz").unwrap_or(original);
     let path = if path.is_empty() { "/" } else { path };
+    // Over HTTP/2 (Envoy's usual cluster protocol) the host is the request's
+    // authority, not a header.
     let host = headers
         .get("host")
-        .or_else(|| headers.get(":authority"))
         .cloned()
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
         .unwrap_or_default();
     let attrs = Attributes {
         method: parts.method.as_str(),
@@ -396,6 +402,13 @@ pub async fn http(State(api): State<Arc<Api>>, request: Request) -> Response {
         let h = r.headers_mut();
         insert(h, GRANT_HEADER, &format!("{}/{}", n.grant_namespace, n.grant_name));
         insert(h, SERIAL_HEADER, &answer.serial);
+        // Envoy drops these from the upstream request: a client's own copies must not
+        // reach the upstream looking like Mandate's.
+        insert(
+            h,
+            "x-envoy-auth-headers-to-remove",
+            "x-mandate-peer-certificate,x-mandate-spiffe-id",
+        );
         r
     } else {
         let mut r = (StatusCode::FORBIDDEN, deny_body(&answer)).into_response();

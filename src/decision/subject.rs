@@ -74,7 +74,8 @@ fn timestamp(t: OffsetDateTime) -> Option<Timestamp> {
 
 /// The DER of a presented certificate text, if it parses.
 pub fn der_of(text: &str) -> Option<Vec<u8>> {
-    let pem = if text.contains("-----BEGIN") {
+    let pem = // PEM never holds a '%'; Envoy's URL-encoded PEM always does.
+    if !text.contains('%') {
         std::borrow::Cow::Borrowed(text)
     } else {
         percent_encoding::percent_decode_str(text).decode_utf8().ok()?
@@ -85,7 +86,8 @@ pub fn der_of(text: &str) -> Option<Vec<u8>> {
 /// Verifies one presented certificate (PEM or URL-encoded PEM) and reads its subject.
 pub fn verify(text: &str, trust: &Trust) -> Result<Subject, (Reason, String)> {
     let decoded;
-    let pem = if text.contains("-----BEGIN") {
+    let pem = // PEM never holds a '%'; Envoy's URL-encoded PEM always does.
+    if !text.contains('%') {
         text
     } else {
         decoded = percent_encoding::percent_decode_str(text).decode_utf8().map_err(|e| {
