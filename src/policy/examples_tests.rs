@@ -48,6 +48,7 @@ const NAMESPACE_TOOLS: &str = include_str!("../../examples/policies/namespace-to
 const PROD_APPROVAL: &str = include_str!("../../examples/policies/production-writes-need-approval.yaml");
 const RESTRICTED: &str = include_str!("../../examples/policies/restricted-data-owner.yaml");
 const SHORT_TTL: &str = include_str!("../../examples/policies/high-risk-short-ttl.yaml");
+const INVOKE_BASE: &str = include_str!("../../examples/04-invoke-policy.yaml");
 
 fn store(yamls: &[&str]) -> PolicyStore {
     PolicyStore::new(yamls.iter().map(|y| load(y)).collect())
@@ -76,7 +77,7 @@ fn in_namespace(ns: &str, agent: &str, owner: &str, tools: Vec<ToolRequest>) -> 
 
 #[test]
 fn every_example_compiles_cleanly() {
-    for yaml in [BASE, NAMESPACE_TOOLS, PROD_APPROVAL, RESTRICTED, SHORT_TTL] {
+    for yaml in [BASE, NAMESPACE_TOOLS, PROD_APPROVAL, RESTRICTED, SHORT_TTL, INVOKE_BASE] {
         load(yaml);
     }
 }
@@ -325,4 +326,35 @@ fn all_examples_together_still_decide_as_each_says() {
     ));
     assert_eq!(d.outcome, Outcome::Deny);
     assert_eq!(d.policies, ["restricted-data-owner/restricted-data-security-only"]);
+}
+
+#[test]
+fn invoke_base_permits_in_scope_calls_and_forbids_destructive_sql() {
+    let s = store(&[INVOKE_BASE]);
+    let req = in_namespace("default", "bot", "team", vec![]);
+    let call = |query: &str| crate::policy::InvokeRequest {
+        namespace: "default".into(),
+        grant_name: "g".into(),
+        agent: req.agent.clone(),
+        tool: tool("db", &["query"], &["db.internal"], Sensitivity::Internal),
+        action: "query".into(),
+        destination: "db.internal".into(),
+        intent: "monthly report".into(),
+        data_sensitivity: Sensitivity::Internal,
+        task_kind: "Job".into(),
+        task_name: "report".into(),
+        arguments: serde_json::json!({ "query": query }).as_object().cloned(),
+        traceparent: String::new(),
+        request_id: String::new(),
+    };
+    let d = s.decide_invoke(&call("select * from orders"));
+    assert!(d.allowed(), "{d:?}");
+    assert_eq!(d.policies, ["invoke-base/in-scope"]);
+    let d = s.decide_invoke(&call("DROP TABLE orders"));
+    assert_eq!(d.denial, Some(crate::policy::InvokeDenial::Forbidden));
+    assert_eq!(d.policies, ["invoke-base/no-destructive-sql"]);
+    // Without arguments the forbid's hasTag guard keeps it from erroring.
+    let mut none = call("");
+    none.arguments = None;
+    assert!(s.decide_invoke(&none).allowed());
 }

@@ -520,6 +520,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn invoke_input_conforms_to_the_schema() {
+        let schema = crate::policy::schema().unwrap();
+        let req = request();
+        let invoke = InvokeRequest {
+            namespace: req.namespace.clone(),
+            grant_name: req.grant_name.clone(),
+            agent: req.agent.clone(),
+            tool: req.tools[0].clone(),
+            action: "write".into(),
+            destination: "api.stripe.com/v1/refunds".into(),
+            intent: "refund order 42".into(),
+            data_sensitivity: Sensitivity::Confidential,
+            task_kind: "Job".into(),
+            task_name: "refund-42".into(),
+            arguments: serde_json::json!({"order": 42, "note": "late"}).as_object().cloned(),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            request_id: "r-1".into(),
+        };
+        let input = InvokeInput::new(&invoke).unwrap();
+        let r = input.request();
+        Request::new(
+            r.principal().unwrap().clone(),
+            r.action().unwrap().clone(),
+            r.resource().unwrap().clone(),
+            r.context().unwrap().clone(),
+            Some(schema),
+        )
+        .expect("the invoke request fits the schema");
+        Entities::from_entities(input.entities().iter().cloned(), Some(schema)).expect("entities fit the schema");
+    }
+
+    #[test]
     fn a_tool_named_twice_is_an_input_error() {
         // The CRD refuses it. If it ever got through with two classifications, the
         // engine must deny rather than pick one of them.
