@@ -177,7 +177,7 @@ impl Setup {
 
 /// The certificate and key in the grant's Secret.
 pub(crate) async fn agent_pair(f: &Fixture, grant: &str) -> Pair {
-    let secret = f.secrets.get(&grant.to_string()).await.unwrap();
+    let secret = f.secrets.get(grant).await.unwrap();
     let data = secret.data.unwrap();
     Pair {
         cert: String::from_utf8(data["tls.crt"].0.clone()).unwrap(),
