@@ -65,12 +65,16 @@ e2e:
 	  $(CARGO) test --locked --features failpoints --test e2e -- cluster_wide:: --test-threads=1'
 
 ## make bench: policy decision latency (no cluster), then issuance and revocation on
-## the local control plane, then revocation with 100,000 entries in the ledger; results in target/bench/ (copied into docs/benchmarks.md
-## by hand, with the machine noted).
+## the local control plane, then revocation with 100,000 entries in the ledger, then
+## request-time decisions under load (10,000 grants, 1,000 policies; vegeta, OPA and
+## Envoy built or installed from the registries); results in target/bench/ (copied into
+## docs/benchmarks.md by hand, with the machine noted).
 bench:
 	$(CARGO) bench --locked --bench policy
 	e2e/with-cluster.sh $(CARGO) bench --locked --bench issuance
 	e2e/with-cluster.sh $(CARGO) bench --locked --bench ledger
+	export MANDATE_ENVOY=$$(hack/tools/envoy.sh) MANDATE_VEGETA=$$(hack/tools/vegeta.sh) MANDATE_OPA=$$(hack/tools/opa.sh); \
+	e2e/with-cluster.sh $(CARGO) bench --locked --bench authorize
 
 controlplane:
 	e2e/controlplane/build.sh >/dev/null

@@ -14,6 +14,9 @@ pub struct Envoy {
     child: Child,
     pub grpc_port: u16,
     pub http_port: u16,
+    /// A listener like the others but without ext_authz (what Mandate's check adds is
+    /// measured against it).
+    pub plain_port: u16,
     pub admin_port: u16,
     pub access_log: PathBuf,
     pub log: PathBuf,
@@ -79,12 +82,14 @@ impl Envoy {
         let (client_crt, client_key) = (write("gateway.crt", &gateway.cert), write("gateway.key", &gateway.key));
         let access_log = dir.join("access.log");
         let _ = std::fs::remove_file(&access_log);
-        let (grpc_port, http_port, admin_port, upstream_port) = (port(), port(), port(), upstream().await);
+        let (grpc_port, http_port, plain_port, admin_port) = (port(), port(), port(), port());
+        let upstream_port = upstream().await;
         let config = bootstrap(
             &Ports {
                 admin: admin_port,
                 grpc: grpc_port,
                 http: http_port,
+                plain: plain_port,
                 decision: decision_port,
                 upstream: upstream_port,
             },
@@ -120,6 +125,7 @@ impl Envoy {
             child,
             grpc_port,
             http_port,
+            plain_port,
             admin_port,
             access_log,
             log,
@@ -184,6 +190,7 @@ pub struct Ports {
     pub admin: u16,
     pub grpc: u16,
     pub http: u16,
+    pub plain: u16,
     pub decision: u16,
     pub upstream: u16,
 }
@@ -320,6 +327,24 @@ static_resources:
               routes:
               - match: {{prefix: /}}
                 route: {{cluster: upstream}}
+  - name: plain
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {plain}}}}}
+    filter_chains:
+    - transport_socket: *downstream_tls
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: plain
+          http_filters:
+          - *router
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: /}}
+                route: {{cluster: upstream}}
   clusters:
   - name: mandate
     type: STATIC
@@ -354,6 +379,7 @@ static_resources:
         admin = p.admin,
         grpc = p.grpc,
         http = p.http,
+        plain = p.plain,
         decision = p.decision,
         upstream = p.upstream,
         ca = f.ca,

@@ -36,10 +36,15 @@ pub const MAX_REPORT_BYTES: usize = 16 * 1024;
 /// Free text in a report is cut to this many characters.
 const MAX_REPORT_TEXT: usize = 2048;
 
-/// The client certificate of a connection, verified against Mandate's CA in the
-/// handshake (DER), if the client sent one.
+/// The caller a connection's client certificate makes (verified against Mandate's CA
+/// in the handshake, read once per connection); `None` without a certificate or when
+/// it authenticates no one.
 #[derive(Clone, Debug, Default)]
-pub struct Peer(pub Option<Arc<Vec<u8>>>);
+pub struct Peer {
+    /// The connection presented a client certificate.
+    pub presented: bool,
+    pub caller: Option<Arc<Caller>>,
+}
 
 /// What every handler shares.
 pub struct Api {
@@ -51,8 +56,8 @@ pub struct Api {
 impl Api {
     /// The caller: the connection's client certificate, else a bearer token.
     pub async fn caller(&self, peer: &Peer, authorization: Option<&str>) -> Option<Caller> {
-        if let Some(der) = &peer.0 {
-            return self.callers.for_certificate(der);
+        if peer.presented {
+            return peer.caller.as_deref().cloned();
         }
         let token = authorization?.strip_prefix("Bearer ")?.trim();
         if token.is_empty() {

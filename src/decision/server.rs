@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     api::{self, Api, Peer},
+    caller::CallerPolicy,
     ext_authz,
 };
 use crate::{
@@ -63,6 +64,7 @@ pub async fn start(
     let cert = Arc::new(RotatingCert::default());
     let (tls_tx, tls_rx) = watch::channel(None);
     let rotation = rotate(config, ca, cert, tls_tx);
+    let callers = Arc::new(api.callers.clone());
     let grpc = tonic::service::Routes::new(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
         ext_authz::ExtAuthzGrpc(api.clone()),
     ))
@@ -74,7 +76,7 @@ pub async fn start(
         .merge(extra)
         .merge(grpc);
     Ok(async move {
-        futures::join!(rotation, accept_loop(listener, app, tls_rx));
+        futures::join!(rotation, accept_loop(listener, app, callers, tls_rx));
     })
 }
 
@@ -144,7 +146,7 @@ async fn accept_loop(listener: TcpListener, app: Router, mut tls: watch::Receive
         };
         let _ = tcp.set_nodelay(true);
         let Some(acceptor) = tls.borrow().clone() else { continue };
-        let app = app.clone();
+        let (app, callers) = (app.clone(), callers.clone());
         tokio::spawn(async move {
             let stream = match acceptor.accept(tcp).await {
                 Ok(s) => s,
@@ -153,13 +155,12 @@ async fn accept_loop(listener: TcpListener, app: Router, mut tls: watch::Receive
                     return;
                 }
             };
-            let client = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| Arc::new(c.to_vec()));
-            let app = app.layer(axum::Extension(Peer(client)));
+            let client = stream.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let peer = Peer {
+                presented: client.is_some(),
+                caller: client.and_then(|der| callers.for_certificate(der)).map(Arc::new),
+            };
+            let app = app.layer(axum::Extension(peer));
             if let Err(e) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
                 .await

@@ -1,0 +1,531 @@
+//! Request-time decisions under load, against the real local control plane.
+//!
+//! `make bench` runs this after the ledger benchmark. It issues 10,000 real grants (one
+//! Pod each) and loads 1,000 `invoke` policies (100 AgentPolicies, shaped like the
+//! policy benchmark's: per-namespace tool permits, per-tool forbids on arguments,
+//! per-namespace forbids on destinations, a few cluster-wide forbids), then measures
+//! over loopback, with vegeta (a maintained HTTP load generator, HTTP/2 over TLS):
+//! - `POST /v1/authorize` and gRPC ext_authz (`Authorization/Check`): latency at a
+//!   fixed rate and throughput at saturation;
+//! - the same question answered by OPA (built from the Go module proxy) with an
+//!   equivalent Rego policy over the same 10,000 grants, same generator, same run;
+//! - the latency Envoy adds with Mandate's ext_authz against the same Envoy without it;
+//! - revoke-to-deny: a task completed to the first denied decision;
+//! - the operator's resident memory at 10,000 grants.
+//!
+//! Results go to stdout and to `target/bench/authorize.md`.
+
+mod common;
+#[path = "../e2e/support/mod.rs"]
+mod support;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::{Arrivals, finish_pod, grant, memory_kib, phase, pod, summary, watch_secrets};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context};
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::{Api, api::PostParams};
+use mandate::api::{AgentIdentity, ToolGrant};
+use prost::Message;
+use serde_json::{Value, json};
+use support::{
+    TestNamespace,
+    envoy::Envoy,
+    operator::Operator,
+    tls::{Pair, Signer},
+};
+use time::OffsetDateTime;
+
+const GRANTS: usize = 10_000;
+const POLICY_OBJECTS: usize = 100;
+const POLICIES_PER_OBJECT: usize = 10;
+const CONCURRENCY: usize = 64;
+const REVOKES: usize = 100;
+/// Each load run.
+const RUN: &str = "10s";
+/// The fixed rate latency is measured at (well below saturation, as a gateway runs).
+const RATE: &str = "5000";
+/// Connections (workers) at saturation.
+const WORKERS: &str = "64";
+const GATEWAY: &str = "spiffe://bench.example/gateway";
+
+fn tool(i: usize) -> String {
+    format!("tool-{i:03}")
+}
+
+/// One generated `invoke` policy; `k` is its position, so the mix is the same each run.
+fn policy(k: usize) -> String {
+    let n = (k * 7) % 50;
+    let t = (k * 13) % 100;
+    let id = format!("@id(\"p{k}\")\n");
+    match k % 100 {
+        0..=59 => format!(
+            "{id}permit(principal in Mandate::Namespace::\"team-{n:02}\", action == Mandate::Action::\"invoke\", resource == Mandate::Tool::\"{}\")\nwhen {{ context.dataSensitivityLevel <= {} }};\n",
+            tool(t),
+            k % 4
+        ),
+        60..=84 => format!(
+            "{id}forbid(principal, action == Mandate::Action::\"invoke\", resource == Mandate::Tool::\"{}\")\nwhen {{ context.arguments.hasTag(\"query\") && context.arguments.getTag(\"query\") like \"*DROP*\" }};\n",
+            tool(t)
+        ),
+        85..=97 => format!(
+            "{id}forbid(principal in Mandate::Namespace::\"team-{n:02}\", action == Mandate::Action::\"invoke\", resource)\nwhen {{ context.destination like \"*.internal/*\" }};\n"
+        ),
+        _ => format!(
+            "{id}forbid(principal, action == Mandate::Action::\"invoke\", resource)\nwhen {{ context.intent like \"*exfiltrate*\" }};\n"
+        ),
+    }
+}
+
+fn tool_path(var: &str, script: &str) -> String {
+    if let Ok(p) = std::env::var(var) {
+        return p;
+    }
+    let out = std::process::Command::new(support::repo_root().join(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("{script}: {e}"));
+    assert!(out.status.success(), "{script} failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// What vegeta measured.
+struct Load {
+    requests: u64,
+    throughput: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    success: f64,
+}
+
+/// One vegeta attack of `targets` (vegeta's JSON target format): at `rate` (`0`: as
+/// fast as `WORKERS` connections go).
+fn attack(vegeta: &str, dir: &Path, name: &str, targets: &[Value], client: &Pair, roots: &Path, rate: &str) -> Load {
+    let targets_file = dir.join(format!("{name}.targets"));
+    let lines: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+    std::fs::write(&targets_file, lines.join("\n") + "\n").unwrap();
+    let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&crt, &client.cert).unwrap();
+    std::fs::write(&key, &client.key).unwrap();
+    let results = dir.join(format!("{name}.bin"));
+    let mut args = vec![
+        "attack".to_string(),
+        "-format=json".into(),
+        format!("-targets={}", targets_file.display()),
+        format!("-duration={RUN}"),
+        format!("-rate={rate}"),
+        format!("-cert={}", crt.display()),
+        format!("-key={}", key.display()),
+        format!("-root-certs={}", roots.display()),
+        "-http2".into(),
+        "-keepalive".into(),
+        format!("-output={}", results.display()),
+    ];
+    if rate == "0" {
+        args.push(format!("-max-workers={WORKERS}"));
+        args.push(format!("-workers={WORKERS}"));
+    } else {
+        args.push("-workers=16".into());
+    }
+    let status = std::process::Command::new(vegeta).args(&args).status().expect("vegeta runs");
+    assert!(status.success(), "vegeta attack {name} failed");
+    let out = std::process::Command::new(vegeta)
+        .args(["report", "-type=json", &results.display().to_string()])
+        .output()
+        .expect("vegeta report");
+    let r: Value = serde_json::from_slice(&out.stdout).expect("a vegeta JSON report");
+    let codes = r["status_codes"].clone();
+    let ok = codes["200"].as_u64().unwrap_or(0);
+    let requests = r["requests"].as_u64().unwrap_or(0);
+    assert!(ok == requests, "{name}: not every request answered 200: {codes}");
+    Load {
+        requests,
+        throughput: r["throughput"].as_f64().unwrap_or(0.0),
+        p50_ms: r["latencies"]["50th"].as_f64().unwrap_or(0.0) / 1e6,
+        p99_ms: r["latencies"]["99th"].as_f64().unwrap_or(0.0) / 1e6,
+        success: r["success"].as_f64().unwrap_or(0.0),
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    // vegeta's JSON targets carry the body base64-encoded.
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A gRPC unary request body: the 5-byte frame header and the message.
+fn grpc_frame(msg: &impl Message) -> Vec<u8> {
+    let body = msg.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(&body);
+    framed
+}
+
+fn check_request(cert_pem: &str) -> CheckRequest {
+    let encoded = percent_encoding::utf8_percent_encode(cert_pem, percent_encoding::NON_ALPHANUMERIC).to_string();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(attribute_context::Peer {
+                certificate: encoded,
+                ..Default::default()
+            }),
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    host: "api.github.com".into(),
+                    path: "/repos/acme/widgets/issues".into(),
+                    headers: HashMap::from([("x-request-id".to_string(), "bench".to_string())]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: HashMap::from([
+                ("tool".to_string(), "github".to_string()),
+                ("action".to_string(), "read".to_string()),
+            ]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The Rego equivalent of what Mandate checks for this question, over the same grants.
+const REGO: &str = r#"package mandate.authz
+
+import rego.v1
+
+default allow := false
+
+allow if {
+	g := data.grants[input.serial]
+	not data.revoked[input.serial]
+	not data.finished[g.task]
+	some t in g.tools
+	t.name == input.tool
+	input.action in t.actions
+	some d in t.destinations
+	within(input.destination, d)
+	input.sensitivity <= g.sensitivity
+	not forbidden
+}
+
+within(wanted, allowed) if wanted == allowed
+
+within(wanted, allowed) if startswith(wanted, concat("", [allowed, "/"]))
+
+forbidden if {
+	input.tool == "query"
+	contains(input.arguments.query, "DROP")
+}
+
+forbidden if contains(input.intent, "exfiltrate")
+"#;
+
+/// A persistent HTTP/2 connection to the decision service, for revoke-to-deny.
+async fn h2(port: u16, roots: &str, client: &Pair) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    let mut store = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(roots.as_bytes()) {
+        store.add(c.unwrap()).unwrap();
+    }
+    let certs = CertificateDer::pem_slice_iter(client.cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(client.key.as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn allowed(
+    send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    body: &[u8],
+) -> bool {
+    use http_body_util::BodyExt;
+    let req = hyper::Request::post("https://localhost/v1/authorize")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    v["allowed"] == true
+}
+
+fn authorize_body(cert: &str) -> Value {
+    json!({"certificate": cert, "tool": "github", "action": "read",
+           "destination": "api.github.com/repos/acme/widgets/issues", "intent": "triage the open issues"})
+}
+
+#[tokio::main]
+async fn main() {
+    let dir: PathBuf = support::repo_root().join("target/bench/authz");
+    std::fs::create_dir_all(&dir).unwrap();
+    let vegeta = tool_path("MANDATE_VEGETA", "hack/tools/vegeta.sh");
+    let opa = tool_path("MANDATE_OPA", "hack/tools/opa.sh");
+    let client = support::client().await;
+    support::install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "bench-authz").await;
+
+    phase("policies");
+    support::agent_policy(&ns, "issue", "Enforce", support::PERMIT_ALL).await;
+    let own = format!(
+        "@id(\"bench-in-scope\")\npermit(principal in Mandate::Namespace::\"{}\", action == Mandate::Action::\"invoke\", resource == Mandate::Tool::\"github\");\n",
+        ns.name
+    );
+    support::agent_policy(&ns, "own", "Enforce", &own).await;
+    for o in 0..POLICY_OBJECTS {
+        let text: String = (0..POLICIES_PER_OBJECT).map(|i| policy(o * POLICIES_PER_OBJECT + i)).collect();
+        support::agent_policy(&ns, &format!("gen-{o:03}"), "Enforce", &text).await;
+    }
+
+    let op = Operator::start(
+        &ns.name,
+        &[
+            &format!("--ca-secret-namespace={}", ns.name),
+            "--trust-domain=bench.example",
+            &format!("--decision-proxy-spiffe-ids={GATEWAY}"),
+        ],
+    )
+    .await;
+    let pid = op.pid().expect("operator pid");
+
+    phase("10,000 grants");
+    let pods: Api<Pod> = ns.api();
+    let grants: Api<ToolGrant> = ns.api();
+    let ids: Api<AgentIdentity> = ns.api();
+    let issued = Arc::new(Arrivals::default());
+    let deleted = Arc::new(Arrivals::default());
+    let serials = Arc::new(Mutex::new(HashMap::new()));
+    watch_secrets(ns.api(), issued.clone(), deleted.clone(), serials.clone());
+    common::bench_identity(&ids).await;
+    let names: Vec<String> = (0..GRANTS).map(|i| format!("t{i:05}")).collect();
+    let t0 = Instant::now();
+    stream::iter(names.clone())
+        .for_each_concurrent(CONCURRENCY, |n| {
+            let (pods, grants) = (pods.clone(), grants.clone());
+            async move {
+                pods.create(&PostParams::default(), &pod(&n)).await.unwrap();
+                grants.create(&PostParams::default(), &grant(&n)).await.unwrap();
+            }
+        })
+        .await;
+    for n in &names {
+        issued.wait(n).await;
+    }
+    let fill = t0.elapsed();
+    let rss = memory_kib(pid, "VmRSS:");
+
+    let secrets: Api<Secret> = ns.api();
+    let ca = Signer::mandate(&secrets).await;
+    let now = OffsetDateTime::now_utc();
+    let gateway = ca.client(GATEWAY, now - time::Duration::minutes(5), now + time::Duration::hours(2), None);
+    let roots = dir.join("ca.crt");
+    std::fs::write(&roots, &ca.cert_pem).unwrap();
+    let cert_of = |s: &Secret| String::from_utf8(s.data.as_ref().unwrap()["tls.crt"].0.clone()).unwrap();
+    let key_of = |s: &Secret| String::from_utf8(s.data.as_ref().unwrap()["tls.key"].0.clone()).unwrap();
+    let first = secrets.get(&names[0]).await.unwrap();
+    let agent = Pair {
+        cert: cert_of(&first),
+        key: key_of(&first),
+    };
+    loop {
+        if op.get("/readyz").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let base = format!("https://localhost:{}", op.decision_port);
+
+    phase("POST /v1/authorize");
+    let body = serde_json::to_vec(&authorize_body(&agent.cert)).unwrap();
+    let authorize_target = json!({"method": "POST", "url": format!("{base}/v1/authorize"), "body": b64(&body),
+                                  "header": {"Content-Type": ["application/json"]}});
+    let a_lat = attack(&vegeta, &dir, "authorize", std::slice::from_ref(&authorize_target), &gateway, &roots, RATE);
+    let a_max = attack(&vegeta, &dir, "authorize-max", &[authorize_target], &gateway, &roots, "0");
+
+    phase("gRPC ext_authz");
+    let grpc_target = json!({"method": "POST", "url": format!("{base}/envoy.service.auth.v3.Authorization/Check"),
+                             "body": b64(&grpc_frame(&check_request(&agent.cert))),
+                             "header": {"Content-Type": ["application/grpc"], "Te": ["trailers"]}});
+    let g_lat = attack(&vegeta, &dir, "grpc", std::slice::from_ref(&grpc_target), &gateway, &roots, RATE);
+    let g_max = attack(&vegeta, &dir, "grpc-max", &[grpc_target], &gateway, &roots, "0");
+    let (_, metrics) = op.get("/metrics").await;
+    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    let counted = |protocol: &str, result: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("mandate_authorizations_total")
+                    && l.contains(&format!("protocol=\"{protocol}\""))
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // Every request of those runs was a decision, and every decision an allow.
+    assert_eq!(counted("authorize", "denied"), 0.0, "{metrics}");
+    assert_eq!(counted("ext_authz_grpc", "denied"), 0.0, "{metrics}");
+    assert!(counted("ext_authz_grpc", "allowed") >= (g_lat.requests + g_max.requests) as f64);
+    let rss_loaded = memory_kib(pid, "VmRSS:");
+
+    phase("OPA");
+    let mut grants_data = serde_json::Map::new();
+    for n in &names {
+        let serial = serials.lock().unwrap()[n].clone();
+        grants_data.insert(
+            serial,
+            json!({"task": format!("task-{n}"), "sensitivity": 1,
+                   "tools": [{"name": "github", "actions": ["read"], "destinations": ["api.github.com"]}]}),
+        );
+    }
+    let data = json!({"grants": grants_data, "revoked": {}, "finished": {}});
+    std::fs::write(dir.join("data.json"), data.to_string()).unwrap();
+    std::fs::write(dir.join("authz.rego"), REGO).unwrap();
+    let server = ca.server();
+    std::fs::write(dir.join("opa.crt"), &server.cert).unwrap();
+    std::fs::write(dir.join("opa.key"), &server.key).unwrap();
+    let opa_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut opa_proc = tokio::process::Command::new(&opa)
+        .current_dir(&dir)
+        .args([
+            "run",
+            "--server",
+            "--skip-version-check",
+            &format!("--addr=127.0.0.1:{opa_port}"),
+            "--tls-cert-file=opa.crt",
+            "--tls-private-key-file=opa.key",
+            "--log-level=error",
+            "authz.rego",
+            "data.json",
+        ])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("opa runs");
+    let serial0 = serials.lock().unwrap()[&names[0]].clone();
+    let opa_body = serde_json::to_vec(&json!({"input": {
+        "serial": serial0, "tool": "github", "action": "read",
+        "destination": "api.github.com/repos/acme/widgets/issues", "sensitivity": 1,
+        "intent": "triage the open issues", "arguments": {}}}))
+    .unwrap();
+    let opa_target = json!({"method": "POST", "url": format!("https://localhost:{opa_port}/v1/data/mandate/authz/allow"),
+                            "body": b64(&opa_body), "header": {"Content-Type": ["application/json"]}});
+    // OPA is up once it listens and answers allow.
+    {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while tokio::net::TcpStream::connect(("127.0.0.1", opa_port)).await.is_err() {
+            assert!(Instant::now() < deadline, "OPA never listened");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let reply = support::tls::https(
+            opa_port,
+            &ca.cert_pem,
+            None,
+            "POST",
+            "/v1/data/mandate/authz/allow",
+            &[("content-type", "application/json")],
+            opa_body.clone(),
+        )
+        .await;
+        assert_eq!(reply.json()["result"], true, "OPA allows the question");
+    }
+    let o_lat = attack(&vegeta, &dir, "opa", std::slice::from_ref(&opa_target), &gateway, &roots, RATE);
+    let o_max = attack(&vegeta, &dir, "opa-max", &[opa_target], &gateway, &roots, "0");
+    let opa_rss = opa_proc.id().map(|p| memory_kib(p, "VmRSS:")).unwrap_or(0);
+    let _ = opa_proc.kill().await;
+
+    phase("Envoy with and without ext_authz");
+    let envoy = Envoy::start(&format!("{}-bench", ns.name), &ca, &gateway, op.decision_port).await;
+    let through = |port: u16| {
+        json!({"method": "GET", "url": format!("https://localhost:{port}/github/repos/acme/widgets/issues"),
+               "header": {"Host": ["api.github.com"]}})
+    };
+    let e_plain = attack(&vegeta, &dir, "envoy-plain", &[through(envoy.plain_port)], &agent, &roots, RATE);
+    let e_authz = attack(&vegeta, &dir, "envoy-authz", &[through(envoy.grpc_port)], &agent, &roots, RATE);
+    drop(envoy);
+
+    phase("revoke to deny");
+    let mut send = h2(op.decision_port, &ca.cert_pem, &gateway).await;
+    let mut revoke = vec![];
+    for n in &names[1..=REVOKES] {
+        let s = secrets.get(n).await.unwrap();
+        let body = serde_json::to_vec(&authorize_body(&cert_of(&s))).unwrap();
+        assert!(allowed(&mut send, &body).await, "{n} allowed before its task ends");
+        let t0 = finish_pod(&pods, n).await;
+        let deadline = t0 + Duration::from_secs(30);
+        while allowed(&mut send, &body).await {
+            assert!(Instant::now() < deadline, "{n} never denied");
+        }
+        revoke.push(t0.elapsed());
+    }
+    let peak = memory_kib(pid, "VmHWM:");
+
+    let row = |name: &str, l: &Load| {
+        format!(
+            "| {name} | {} | {:.3} | {:.3} | {:.0} | {:.1}% |",
+            l.requests,
+            l.p50_ms,
+            l.p99_ms,
+            l.throughput,
+            l.success * 100.0
+        )
+    };
+    let report = format!(
+        "| run ({RUN} each; latency at {RATE}/s, throughput at {WORKERS} connections) | requests | p50 ms | p99 ms | decisions/s | 200s |\n|---|---|---|---|---|---|\n\
+         {}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n\n\
+         | measurement | n | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|\n{}\n\n\
+         - {GRANTS} grants issued in {:.1} s; {} invoke policies in {POLICY_OBJECTS} AgentPolicies (plus the namespace's own permit)\n\
+         - Mandate vs OPA, throughput at saturation: **/v1/authorize {:.2}x, gRPC ext_authz {:.2}x**; p99 at {RATE}/s: /v1/authorize {:.3} ms vs OPA {:.3} ms\n\
+         - Envoy + Mandate ext_authz adds **{:.3} ms at p50, {:.3} ms at p99** over the same Envoy without it\n\
+         - operator resident memory: **{:.1} MiB at {GRANTS} grants** (after issuance), {:.1} MiB after the load runs, peak {:.1} MiB; OPA with the same grants as data: {:.1} MiB\n",
+        row("POST /v1/authorize (Mandate), fixed rate", &a_lat),
+        row("POST /v1/authorize (Mandate), saturation", &a_max),
+        row("gRPC ext_authz Check (Mandate), fixed rate", &g_lat),
+        row("gRPC ext_authz Check (Mandate), saturation", &g_max),
+        row("OPA POST /v1/data (same question), fixed rate", &o_lat),
+        row("OPA POST /v1/data (same question), saturation", &o_max),
+        row("Envoy, no ext_authz", &e_plain),
+        row("Envoy + Mandate gRPC ext_authz", &e_authz),
+        summary("task completed -> first denied decision", revoke),
+        fill.as_secs_f64(),
+        POLICY_OBJECTS * POLICIES_PER_OBJECT,
+        a_max.throughput / o_max.throughput,
+        g_max.throughput / o_max.throughput,
+        a_lat.p99_ms,
+        o_lat.p99_ms,
+        e_authz.p50_ms - e_plain.p50_ms,
+        e_authz.p99_ms - e_plain.p99_ms,
+        rss as f64 / 1024.0,
+        rss_loaded as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        opa_rss as f64 / 1024.0,
+    );
+    println!("{report}");
+    std::fs::write(support::repo_root().join("target/bench/authorize.md"), &report).unwrap();
+    drop(op);
+    ns.cleanup().await;
+}
