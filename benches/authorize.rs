@@ -134,7 +134,10 @@ fn attack(vegeta: &str, dir: &Path, name: &str, targets: &[Value], client: &Pair
     } else {
         args.push("-workers=16".into());
     }
-    let status = std::process::Command::new(vegeta).args(&args).status().expect("vegeta runs");
+    let status = std::process::Command::new(vegeta)
+        .args(&args)
+        .status()
+        .expect("vegeta runs");
     assert!(status.success(), "vegeta attack {name} failed");
     let out = std::process::Command::new(vegeta)
         .args(["report", "-type=json", &results.display().to_string()])
@@ -229,7 +232,11 @@ forbidden if contains(input.intent, "exfiltrate")
 "#;
 
 /// A persistent HTTP/2 connection to the decision service, for revoke-to-deny.
-async fn h2(port: u16, roots: &str, client: &Pair) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+async fn h2(
+    port: u16,
+    roots: &str,
+    client: &Pair,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
     let mut store = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(roots.as_bytes()) {
@@ -298,7 +305,9 @@ async fn main() {
     );
     support::agent_policy(&ns, "own", "Enforce", &own).await;
     for o in 0..POLICY_OBJECTS {
-        let text: String = (0..POLICIES_PER_OBJECT).map(|i| policy(o * POLICIES_PER_OBJECT + i)).collect();
+        let text: String = (0..POLICIES_PER_OBJECT)
+            .map(|i| policy(o * POLICIES_PER_OBJECT + i))
+            .collect();
         support::agent_policy(&ns, &format!("gen-{o:03}"), "Enforce", &text).await;
     }
 
@@ -342,7 +351,12 @@ async fn main() {
     let secrets: Api<Secret> = ns.api();
     let ca = Signer::mandate(&secrets).await;
     let now = OffsetDateTime::now_utc();
-    let gateway = ca.client(GATEWAY, now - time::Duration::minutes(5), now + time::Duration::hours(2), None);
+    let gateway = ca.client(
+        GATEWAY,
+        now - time::Duration::minutes(5),
+        now + time::Duration::hours(2),
+        None,
+    );
     let roots = dir.join("ca.crt");
     std::fs::write(&roots, &ca.cert_pem).unwrap();
     let cert_of = |s: &Secret| String::from_utf8(s.data.as_ref().unwrap()["tls.crt"].0.clone()).unwrap();
@@ -364,14 +378,38 @@ async fn main() {
     let body = serde_json::to_vec(&authorize_body(&agent.cert)).unwrap();
     let authorize_target = json!({"method": "POST", "url": format!("{base}/v1/authorize"), "body": b64(&body),
                                   "header": {"Content-Type": ["application/json"]}});
-    let a_lat = attack(&vegeta, &dir, "authorize", std::slice::from_ref(&authorize_target), &gateway, &roots, RATE);
-    let a_max = attack(&vegeta, &dir, "authorize-max", &[authorize_target], &gateway, &roots, "0");
+    let a_lat = attack(
+        &vegeta,
+        &dir,
+        "authorize",
+        std::slice::from_ref(&authorize_target),
+        &gateway,
+        &roots,
+        RATE,
+    );
+    let a_max = attack(
+        &vegeta,
+        &dir,
+        "authorize-max",
+        &[authorize_target],
+        &gateway,
+        &roots,
+        "0",
+    );
 
     phase("gRPC ext_authz");
     let grpc_target = json!({"method": "POST", "url": format!("{base}/envoy.service.auth.v3.Authorization/Check"),
                              "body": b64(&grpc_frame(&check_request(&agent.cert))),
                              "header": {"Content-Type": ["application/grpc"], "Te": ["trailers"]}});
-    let g_lat = attack(&vegeta, &dir, "grpc", std::slice::from_ref(&grpc_target), &gateway, &roots, RATE);
+    let g_lat = attack(
+        &vegeta,
+        &dir,
+        "grpc",
+        std::slice::from_ref(&grpc_target),
+        &gateway,
+        &roots,
+        RATE,
+    );
     let g_max = attack(&vegeta, &dir, "grpc-max", &[grpc_target], &gateway, &roots, "0");
     let (_, metrics) = op.get("/metrics").await;
     let metrics = String::from_utf8_lossy(&metrics).to_string();
@@ -408,7 +446,11 @@ async fn main() {
     let server = ca.server();
     std::fs::write(dir.join("opa.crt"), &server.cert).unwrap();
     std::fs::write(dir.join("opa.key"), &server.key).unwrap();
-    let opa_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let opa_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut opa_proc = tokio::process::Command::new(&opa)
         .current_dir(&dir)
         .args([
@@ -453,7 +495,15 @@ async fn main() {
         .await;
         assert_eq!(reply.json()["result"], true, "OPA allows the question");
     }
-    let o_lat = attack(&vegeta, &dir, "opa", std::slice::from_ref(&opa_target), &gateway, &roots, RATE);
+    let o_lat = attack(
+        &vegeta,
+        &dir,
+        "opa",
+        std::slice::from_ref(&opa_target),
+        &gateway,
+        &roots,
+        RATE,
+    );
     let o_max = attack(&vegeta, &dir, "opa-max", &[opa_target], &gateway, &roots, "0");
     let opa_rss = opa_proc.id().map(|p| memory_kib(p, "VmRSS:")).unwrap_or(0);
     let _ = opa_proc.kill().await;
@@ -464,8 +514,24 @@ async fn main() {
         json!({"method": "GET", "url": format!("https://localhost:{port}/github/repos/acme/widgets/issues"),
                "header": {"Host": ["api.github.com"]}})
     };
-    let e_plain = attack(&vegeta, &dir, "envoy-plain", &[through(envoy.plain_port)], &agent, &roots, RATE);
-    let e_authz = attack(&vegeta, &dir, "envoy-authz", &[through(envoy.grpc_port)], &agent, &roots, RATE);
+    let e_plain = attack(
+        &vegeta,
+        &dir,
+        "envoy-plain",
+        &[through(envoy.plain_port)],
+        &agent,
+        &roots,
+        RATE,
+    );
+    let e_authz = attack(
+        &vegeta,
+        &dir,
+        "envoy-authz",
+        &[through(envoy.grpc_port)],
+        &agent,
+        &roots,
+        RATE,
+    );
     drop(envoy);
 
     phase("revoke to deny");

@@ -326,7 +326,7 @@ async fn threat_16_an_identity_asserted_by_an_untrusted_caller_is_denied() {
 }
 
 #[tokio::test]
-async fn out_of_scope_calls_are_denied_each_with_its_reason() {
+async fn threat_15_calls_outside_the_certificates_scope_are_denied_each_with_its_reason() {
     let s = Setup::new("authz-scope", &[]).await;
     let cases = [
         (json!({"tool": "slack"}), "ToolNotGranted"),
@@ -377,7 +377,7 @@ async fn out_of_scope_calls_are_denied_each_with_its_reason() {
 }
 
 #[tokio::test]
-async fn forged_certificates_are_denied_expired_or_from_another_ca() {
+async fn threat_15_certificates_from_another_ca_expired_or_unrecorded_are_denied() {
     let s = Setup::new("authz-forged", &[]).await;
     let now = OffsetDateTime::now_utc();
     let spiffe = format!("spiffe://e2e.example/ns/{}/agent/agent", s.f.ns.name);

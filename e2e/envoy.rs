@@ -86,7 +86,7 @@ fn allowed(r: &Reply) -> Value {
 }
 
 #[tokio::test]
-async fn envoy_allows_in_scope_calls_over_grpc_and_http_and_logs_the_decision() {
+async fn envoy_allows_in_scope_calls_over_grpc_and_http_and_a_tasks_timeline_matches_its_access_log() {
     let s = Setup::new("envoy-allow", &[]).await;
     let envoy = Envoy::start(&s.f.ns.name, &s.ca, &s.gateway, s.f.op.decision_port).await;
     let t = Through { envoy: &envoy };
@@ -148,6 +148,116 @@ async fn envoy_allows_in_scope_calls_over_grpc_and_http_and_logs_the_decision() 
     // A route that names its tool (context extensions) for a plain HTTP call.
     let r = t.github(Some(&s.agent), "api.github.com", &[]).await;
     allowed(&r);
+
+    // The task's whole timeline: issued, the decision Envoy's access log names, the
+    // gateway's report of that call, the denial once the task ended, the revocation.
+    let rid = "req-timeline";
+    let seen = allowed(
+        &t.mcp(
+            envoy.grpc_port,
+            Some(&s.agent),
+            "query",
+            json!({"query": "select 2"}),
+            &[("x-request-id", rid)],
+        )
+        .await,
+    );
+    let decision = seen["x-mandate-decision-id"].as_str().unwrap().to_string();
+    assert_eq!(envoy.access_line(rid).await["decision_id"], decision.as_str());
+    let report = json!({"kind": "ToolCall", "decisionId": decision, "tool": "query", "action": "call",
+                        "destination": "mcp.example/mcp", "requestId": rid, "message": "1 row"});
+    let r = https(
+        s.f.op.decision_port,
+        &s.ca.cert_pem,
+        Some(&s.gateway),
+        "POST",
+        "/v1/audit",
+        &[("content-type", "application/json")],
+        serde_json::to_vec(&report).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    kubelet::finish_job_pod(&s.f.pods, "work", Outcome::Succeeded).await;
+    s.f.wait_revoked_in_crl(&s.serial).await;
+    let r = t
+        .mcp(
+            envoy.grpc_port,
+            Some(&s.agent),
+            "query",
+            json!({"query": "select 3"}),
+            &[("x-request-id", "req-late")],
+        )
+        .await;
+    assert_eq!(denied(&r), "TaskFinished");
+    let task_uid = {
+        let rec = s.f.grants.get("g").await.unwrap();
+        let _ = rec;
+        let r = https(
+            s.f.op.decision_port,
+            &s.ca.cert_pem,
+            Some(&s.gateway),
+            "GET",
+            &format!("/v1/audit?decisionId={decision}"),
+            &[],
+            vec![],
+        )
+        .await;
+        r.json()["events"][0]["task"]["uid"].as_str().unwrap().to_string()
+    };
+    let r = https(
+        s.f.op.decision_port,
+        &s.ca.cert_pem,
+        Some(&s.gateway),
+        "GET",
+        &format!("/v1/audit?task={task_uid}"),
+        &[],
+        vec![],
+    )
+    .await;
+    let events = r.json()["events"].as_array().unwrap().clone();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let at = |pred: &dyn Fn(&Value) -> bool| {
+        events
+            .iter()
+            .position(|e| pred(e))
+            .unwrap_or_else(|| panic!("{kinds:?}"))
+    };
+    let issued = at(&|e| e["kind"] == "CertificateIssued");
+    let decided = at(&|e| e["kind"] == "DecisionAllowed" && e["decisionId"] == decision.as_str());
+    let reported = at(&|e| e["kind"] == "ToolCall");
+    let denial = at(&|e| e["kind"] == "DecisionDenied" && e["call"]["requestId"] == "req-late");
+    let revoked = at(&|e| e["kind"] == "CertificateRevoked");
+    assert!(issued < decided && decided < reported && reported < denial, "{kinds:?}");
+    assert!(issued < revoked, "{kinds:?}");
+    for e in [
+        &events[issued],
+        &events[decided],
+        &events[reported],
+        &events[denial],
+        &events[revoked],
+    ] {
+        assert_eq!(e["identity"], format!("{}/agent", s.f.ns.name), "{e}");
+        assert_eq!(e["grant"]["namespace"], s.f.ns.name.as_str());
+        assert_eq!(e["grant"]["name"], "g");
+        assert_eq!(e["grant"]["uid"], json!(g.metadata.uid));
+        assert_eq!(e["grant"]["generation"], json!(g.metadata.generation));
+        assert_eq!(
+            e["task"],
+            json!({"kind": "Job", "name": "work", "uid": task_uid}),
+            "{e}"
+        );
+        assert_eq!(e["serial"], s.serial.as_str(), "{e}");
+    }
+    assert_eq!(events[issued]["reason"], "Initial");
+    assert_eq!(events[decided]["reason"], "Allowed");
+    assert_eq!(events[decided]["call"]["tool"], "query");
+    assert_eq!(events[decided]["call"]["requestId"], rid);
+    assert_eq!(events[reported]["decisionId"], decision.as_str());
+    assert_eq!(events[reported]["message"], "1 row");
+    assert_eq!(events[reported]["call"]["requestId"], rid);
+    assert_eq!(events[denial]["reason"], "TaskFinished");
+    assert_eq!(events[revoked]["reason"], "TaskCompleted");
+    assert!(events[revoked].get("decisionId").is_none());
     s.f.ns.cleanup().await;
 }
 

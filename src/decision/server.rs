@@ -131,7 +131,12 @@ async fn rotate(
     }
 }
 
-async fn accept_loop(listener: TcpListener, app: Router, mut tls: watch::Receiver<Option<tokio_rustls::TlsAcceptor>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    callers: Arc<CallerPolicy>,
+    mut tls: watch::Receiver<Option<tokio_rustls::TlsAcceptor>>,
+) {
     // No connection is accepted before the first certificate is in place.
     if tls.wait_for(Option::is_some).await.is_err() {
         return;
@@ -156,11 +161,11 @@ async fn accept_loop(listener: TcpListener, app: Router, mut tls: watch::Receive
                 }
             };
             let client = stream.get_ref().1.peer_certificates().and_then(|c| c.first());
-            let peer = Peer {
+            let caller = Peer {
                 presented: client.is_some(),
                 caller: client.and_then(|der| callers.for_certificate(der)).map(Arc::new),
             };
-            let app = app.layer(axum::Extension(peer));
+            let app = app.layer(axum::Extension(caller));
             if let Err(e) = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
                 .await
