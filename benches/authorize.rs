@@ -128,6 +128,16 @@ fn attack(vegeta: &str, dir: &Path, name: &str, targets: &[Value], client: &Pair
         "-keepalive".into(),
         format!("-output={}", results.display()),
     ];
+    if targets.iter().any(|t| t["url"].as_str().is_some_and(|u| u.starts_with("http://"))) {
+        // HTTP/2 without TLS (OPA's TLS listener offers HTTP/1.1 only).
+        args.push("-h2c".into());
+    }
+    if name.starts_with("envoy") {
+        // Envoy's serving certificate is the test's own; Go's verifier refused it now
+        // and then ("not valid for any names") where rustls accepts it. The connection
+        // is still TLS with the agent's client certificate, kept alive.
+        args.push("-insecure".into());
+    }
     if rate == "0" {
         args.push(format!("-max-workers={WORKERS}"));
         args.push(format!("-workers={WORKERS}"));
@@ -280,6 +290,21 @@ async fn allowed(
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let v: Value = serde_json::from_slice(&body).unwrap();
     v["allowed"] == true
+}
+
+/// One plain HTTP/1.1 POST (OPA's sanity check).
+async fn http1_post(port: u16, path: &str, body: &[u8]) -> Value {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post(path)
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::copy_from_slice(body)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap()
 }
 
 fn authorize_body(cert: &str) -> Value {
@@ -443,9 +468,6 @@ async fn main() {
     let data = json!({"grants": grants_data, "revoked": {}, "finished": {}});
     std::fs::write(dir.join("data.json"), data.to_string()).unwrap();
     std::fs::write(dir.join("authz.rego"), REGO).unwrap();
-    let server = ca.server();
-    std::fs::write(dir.join("opa.crt"), &server.cert).unwrap();
-    std::fs::write(dir.join("opa.key"), &server.key).unwrap();
     let opa_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -458,8 +480,9 @@ async fn main() {
             "--server",
             "--skip-version-check",
             &format!("--addr=127.0.0.1:{opa_port}"),
-            "--tls-cert-file=opa.crt",
-            "--tls-private-key-file=opa.key",
+            // Cleartext HTTP/2: OPA's TLS listener does not offer h2 (its per-client
+            // TLS config drops the ALPN list), and HTTP/1.1 would handicap it.
+            "--h2c",
             "--log-level=error",
             "authz.rego",
             "data.json",
@@ -474,7 +497,7 @@ async fn main() {
         "destination": "api.github.com/repos/acme/widgets/issues", "sensitivity": 1,
         "intent": "triage the open issues", "arguments": {}}}))
     .unwrap();
-    let opa_target = json!({"method": "POST", "url": format!("https://localhost:{opa_port}/v1/data/mandate/authz/allow"),
+    let opa_target = json!({"method": "POST", "url": format!("http://127.0.0.1:{opa_port}/v1/data/mandate/authz/allow"),
                             "body": b64(&opa_body), "header": {"Content-Type": ["application/json"]}});
     // OPA is up once it listens and answers allow.
     {
@@ -483,17 +506,8 @@ async fn main() {
             assert!(Instant::now() < deadline, "OPA never listened");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let reply = support::tls::https(
-            opa_port,
-            &ca.cert_pem,
-            None,
-            "POST",
-            "/v1/data/mandate/authz/allow",
-            &[("content-type", "application/json")],
-            opa_body.clone(),
-        )
-        .await;
-        assert_eq!(reply.json()["result"], true, "OPA allows the question");
+        let reply = http1_post(opa_port, "/v1/data/mandate/authz/allow", &opa_body).await;
+        assert_eq!(reply["result"], true, "OPA allows the question");
     }
     let o_lat = attack(
         &vegeta,
@@ -572,8 +586,8 @@ async fn main() {
         row("POST /v1/authorize (Mandate), saturation", &a_max),
         row("gRPC ext_authz Check (Mandate), fixed rate", &g_lat),
         row("gRPC ext_authz Check (Mandate), saturation", &g_max),
-        row("OPA POST /v1/data (same question), fixed rate", &o_lat),
-        row("OPA POST /v1/data (same question), saturation", &o_max),
+        row("OPA POST /v1/data (same question, cleartext h2c), fixed rate", &o_lat),
+        row("OPA POST /v1/data (same question, cleartext h2c), saturation", &o_max),
         row("Envoy, no ext_authz", &e_plain),
         row("Envoy + Mandate gRPC ext_authz", &e_authz),
         summary("task completed -> first denied decision", revoke),

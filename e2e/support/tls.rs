@@ -73,6 +73,7 @@ impl Signer {
         params.not_after = not_after;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+        params.serial_number = Some(positive_serial());
         if let Some(pem) = scope_of {
             params.custom_extensions.push(scope_extension(pem));
         }
@@ -90,7 +91,18 @@ impl Signer {
         params
             .subject_alt_names
             .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        // The profile of Mandate's own serving certificates, which Go's TLS stack
+        // (vegeta) accepts; with rcgen's default validity (1975 to 4096) it does not.
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "localhost");
+        params.distinguished_name = dn;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + time::Duration::hours(12);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.serial_number = Some(positive_serial());
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Pair {
@@ -98,6 +110,13 @@ impl Signer {
             key: key.serialize_pem(),
         }
     }
+}
+
+/// A random 16-byte serial that is positive in DER (Go refuses negative serials).
+fn positive_serial() -> rcgen::SerialNumber {
+    let mut b: [u8; 16] = rand::random();
+    b[0] = (b[0] & 0x7f) | 0x01;
+    rcgen::SerialNumber::from_slice(&b)
 }
 
 /// The grant scope extension of an agent certificate, to copy into a forged one.
