@@ -216,12 +216,7 @@ async fn envoy_allows_in_scope_calls_over_grpc_and_http_and_a_tasks_timeline_mat
     .await;
     let events = r.json()["events"].as_array().unwrap().clone();
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    let at = |pred: &dyn Fn(&Value) -> bool| {
-        events
-            .iter()
-            .position(|e| pred(e))
-            .unwrap_or_else(|| panic!("{kinds:?}"))
-    };
+    let at = |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred).unwrap_or_else(|| panic!("{kinds:?}"));
     let issued = at(&|e| e["kind"] == "CertificateIssued");
     let decided = at(&|e| e["kind"] == "DecisionAllowed" && e["decisionId"] == decision.as_str());
     let reported = at(&|e| e["kind"] == "ToolCall");
