@@ -27,11 +27,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Arrivals, finish_pod, grant, memory_kib, phase, pod, summary, watch_secrets};
+use common::{Arrivals, finish_pod, memory_kib, phase, summary, watch_secrets};
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, attribute_context};
-use futures::{StreamExt, stream};
+
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::{Api, api::PostParams};
+use kube::Api;
 use mandate::api::{AgentIdentity, ToolGrant};
 use prost::Message;
 use serde_json::{Value, json};
@@ -372,15 +372,7 @@ async fn main() {
     common::bench_identity(&ids).await;
     let names: Vec<String> = (0..GRANTS).map(|i| format!("t{i:05}")).collect();
     let t0 = Instant::now();
-    stream::iter(names.clone())
-        .for_each_concurrent(CONCURRENCY, |n| {
-            let (pods, grants) = (pods.clone(), grants.clone());
-            async move {
-                pods.create(&PostParams::default(), &pod(&n)).await.unwrap();
-                grants.create(&PostParams::default(), &grant(&n)).await.unwrap();
-            }
-        })
-        .await;
+    common::create_pods_and_grants(&pods, &grants, &names, CONCURRENCY).await;
     for n in &names {
         issued.wait(n).await;
     }

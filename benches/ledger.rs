@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Arrivals, finish_pod, grant, memory_kib, phase, pod, revoke_together, summary, watch_secrets};
+use common::{Arrivals, finish_pod, memory_kib, phase, revoke_together, summary, watch_secrets};
 use futures::{StreamExt, stream};
 use k8s_openapi::{
     api::core::v1::{ConfigMap, Pod},
@@ -175,15 +175,7 @@ async fn main() {
     let names: Vec<String> = (0..REVOKE_SEQUENTIAL + REVOKE_BURST)
         .map(|i| format!("t{i:04}"))
         .collect();
-    stream::iter(names.clone())
-        .for_each_concurrent(CONCURRENCY, |n| {
-            let (pods, grants) = (pods.clone(), grants.clone());
-            async move {
-                pods.create(&PostParams::default(), &pod(&n)).await.unwrap();
-                grants.create(&PostParams::default(), &grant(&n)).await.unwrap();
-            }
-        })
-        .await;
+    common::create_pods_and_grants(&pods, &grants, &names, CONCURRENCY).await;
     for n in &names {
         issued.wait(n).await;
     }

@@ -124,6 +124,48 @@ impl Setup {
         .await
     }
 
+    /// `method path` on the decision service with no credentials at all.
+    pub(crate) async fn anonymous(&self, method: &str, path: &str) -> Reply {
+        https(
+            self.f.op.decision_port,
+            &self.ca.cert_pem,
+            None,
+            method,
+            path,
+            &[],
+            vec![],
+        )
+        .await
+    }
+
+    /// `GET <path>` on the decision service as the gateway (the audit trail).
+    pub(crate) async fn gateway_get(&self, path: &str) -> Reply {
+        https(
+            self.f.op.decision_port,
+            &self.ca.cert_pem,
+            Some(&self.gateway),
+            "GET",
+            path,
+            &[],
+            vec![],
+        )
+        .await
+    }
+
+    /// `POST /v1/audit` of `report` as the gateway.
+    pub(crate) async fn report(&self, report: &Value) -> Reply {
+        https(
+            self.f.op.decision_port,
+            &self.ca.cert_pem,
+            Some(&self.gateway),
+            "POST",
+            "/v1/audit",
+            &[("content-type", "application/json")],
+            serde_json::to_vec(report).unwrap(),
+        )
+        .await
+    }
+
     /// The usual in-scope call for `cert`, as the gateway asks it.
     pub(crate) async fn ask(&self, cert: &str, extra: Value) -> Value {
         let mut body = json!({
@@ -212,28 +254,10 @@ async fn an_in_scope_call_is_allowed_with_its_grant_task_and_cache_bound() {
         json!([format!("{}-invoke-base/in-scope", s.f.ns.name)])
     );
     // The trust bundle and the CRL are public.
-    let r = https(
-        s.f.op.decision_port,
-        &s.ca.cert_pem,
-        None,
-        "GET",
-        "/v1/trust-bundle",
-        &[],
-        vec![],
-    )
-    .await;
+    let r = s.anonymous("GET", "/v1/trust-bundle").await;
     assert_eq!(r.status, 200);
     assert_eq!(String::from_utf8(r.body).unwrap().trim(), s.ca.cert_pem.trim());
-    let r = https(
-        s.f.op.decision_port,
-        &s.ca.cert_pem,
-        None,
-        "GET",
-        "/v1/crl",
-        &[],
-        vec![],
-    )
-    .await;
+    let r = s.anonymous("GET", "/v1/crl").await;
     assert_eq!(r.status, 200);
     assert!(crate::grants::crl_der(&r.body).is_some());
     s.f.ns.cleanup().await;
@@ -254,16 +278,7 @@ async fn threat_16_an_unauthenticated_caller_learns_nothing() {
         );
     }
     // The audit trail is for trusted proxies only.
-    let r = https(
-        s.f.op.decision_port,
-        &s.ca.cert_pem,
-        None,
-        "GET",
-        "/v1/audit",
-        &[],
-        vec![],
-    )
-    .await;
+    let r = s.anonymous("GET", "/v1/audit").await;
     assert_eq!(r.status, 401);
     s.f.ns.cleanup().await;
 }
@@ -422,16 +437,7 @@ async fn threat_12_a_completed_task_is_denied_at_once_and_its_timeline_is_one_qu
     // The gateway reports the call it let through.
     let report = json!({"kind": "ToolCall", "decisionId": first["decisionId"], "tool": "github", "action": "read",
                         "destination": "api.github.com/repos/acme/widgets", "message": "200 OK\nforged: line"});
-    let r = https(
-        s.f.op.decision_port,
-        &s.ca.cert_pem,
-        Some(&s.gateway),
-        "POST",
-        "/v1/audit",
-        &[("content-type", "application/json")],
-        serde_json::to_vec(&report).unwrap(),
-    )
-    .await;
+    let r = s.report(&report).await;
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
 
     kubelet::finish_job_pod(&s.f.pods, "work", Outcome::Succeeded).await;
@@ -443,16 +449,7 @@ async fn threat_12_a_completed_task_is_denied_at_once_and_its_timeline_is_one_qu
     assert_eq!(s.ask(&s.agent.cert, json!({})).await["allowed"], false);
 
     let task_uid = first["task"]["uid"].as_str().unwrap().to_string();
-    let r = https(
-        s.f.op.decision_port,
-        &s.ca.cert_pem,
-        Some(&s.gateway),
-        "GET",
-        &format!("/v1/audit?task={task_uid}"),
-        &[],
-        vec![],
-    )
-    .await;
+    let r = s.gateway_get(&format!("/v1/audit?task={task_uid}")).await;
     assert_eq!(r.status, 200);
     let page = r.json();
     let events = page["events"].as_array().unwrap();
@@ -593,16 +590,7 @@ async fn threat_28_a_flood_of_reports_is_bounded_and_counted() {
     for i in 0..120 {
         let report =
             json!({"kind": "DataAccess", "serial": s.serial, "tool": crafted, "message": format!("{i}{crafted}")});
-        let r = https(
-            s.f.op.decision_port,
-            &s.ca.cert_pem,
-            Some(&s.gateway),
-            "POST",
-            "/v1/audit",
-            &[("content-type", "application/json")],
-            serde_json::to_vec(&report).unwrap(),
-        )
-        .await;
+        let r = s.report(&report).await;
         assert_eq!(r.status, 202);
     }
     // Oversized reports are refused.
@@ -618,16 +606,7 @@ async fn threat_28_a_flood_of_reports_is_bounded_and_counted() {
     )
     .await;
     assert_eq!(r.status, 413);
-    let r = https(
-        s.f.op.decision_port,
-        &s.ca.cert_pem,
-        Some(&s.gateway),
-        "GET",
-        "/v1/audit?limit=10000",
-        &[],
-        vec![],
-    )
-    .await;
+    let r = s.gateway_get("/v1/audit?limit=10000").await;
     let page = r.json();
     assert!(page["events"].as_array().unwrap().len() <= 50, "the buffer is bounded");
     assert!(page["dropped"].as_u64().unwrap() >= 70, "{}", page["dropped"]);

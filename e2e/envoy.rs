@@ -124,16 +124,7 @@ async fn envoy_allows_in_scope_calls_over_grpc_and_http_and_a_tasks_timeline_mat
             assert_eq!(line["grant_uid"], json!(g.metadata.uid));
         }
         // And the audit trail has that decision with the call and the request id.
-        let r = https(
-            s.f.op.decision_port,
-            &s.ca.cert_pem,
-            Some(&s.gateway),
-            "GET",
-            &format!("/v1/audit?decisionId={decision}"),
-            &[],
-            vec![],
-        )
-        .await;
+        let r = s.gateway_get(&format!("/v1/audit?decisionId={decision}")).await;
         let events = r.json()["events"].as_array().unwrap().clone();
         assert_eq!(events.len(), 1, "{events:?}");
         let e = &events[0];
@@ -166,16 +157,7 @@ async fn envoy_allows_in_scope_calls_over_grpc_and_http_and_a_tasks_timeline_mat
     assert_eq!(envoy.access_line(rid).await["decision_id"], decision.as_str());
     let report = json!({"kind": "ToolCall", "decisionId": decision, "tool": "query", "action": "call",
                         "destination": "mcp.example/mcp", "requestId": rid, "message": "1 row"});
-    let r = https(
-        s.f.op.decision_port,
-        &s.ca.cert_pem,
-        Some(&s.gateway),
-        "POST",
-        "/v1/audit",
-        &[("content-type", "application/json")],
-        serde_json::to_vec(&report).unwrap(),
-    )
-    .await;
+    let r = s.report(&report).await;
     assert_eq!(r.status, 202);
     kubelet::finish_job_pod(&s.f.pods, "work", Outcome::Succeeded).await;
     s.f.wait_revoked_in_crl(&s.serial).await;
@@ -192,28 +174,10 @@ async fn envoy_allows_in_scope_calls_over_grpc_and_http_and_a_tasks_timeline_mat
     let task_uid = {
         let rec = s.f.grants.get("g").await.unwrap();
         let _ = rec;
-        let r = https(
-            s.f.op.decision_port,
-            &s.ca.cert_pem,
-            Some(&s.gateway),
-            "GET",
-            &format!("/v1/audit?decisionId={decision}"),
-            &[],
-            vec![],
-        )
-        .await;
+        let r = s.gateway_get(&format!("/v1/audit?decisionId={decision}")).await;
         r.json()["events"][0]["task"]["uid"].as_str().unwrap().to_string()
     };
-    let r = https(
-        s.f.op.decision_port,
-        &s.ca.cert_pem,
-        Some(&s.gateway),
-        "GET",
-        &format!("/v1/audit?task={task_uid}"),
-        &[],
-        vec![],
-    )
-    .await;
+    let r = s.gateway_get(&format!("/v1/audit?task={task_uid}")).await;
     let events = r.json()["events"].as_array().unwrap().clone();
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     let at = |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred).unwrap_or_else(|| panic!("{kinds:?}"));
@@ -345,16 +309,7 @@ async fn envoy_denies_out_of_scope_forged_and_anonymous_calls_each_with_its_reas
         "DestinationNotGranted"
     );
     // The decision API itself, called by no one in particular: nothing to learn.
-    let r = https(
-        s.f.op.decision_port,
-        &s.ca.cert_pem,
-        None,
-        "POST",
-        "/v1/ext-authz/mcp",
-        &[],
-        vec![],
-    )
-    .await;
+    let r = s.anonymous("POST", "/v1/ext-authz/mcp").await;
     assert_eq!(r.status, 401);
     assert_eq!(r.json(), json!({"reason": "Unauthenticated"}));
     s.f.ns.cleanup().await;

@@ -206,3 +206,17 @@ pub async fn bench_identity(ids: &Api<mandate::api::AgentIdentity>) {
     })
     .await;
 }
+
+/// Creates a Pod and a ToolGrant for it for each of `names`, `concurrency` at a time.
+pub async fn create_pods_and_grants(pods: &Api<Pod>, grants: &Api<ToolGrant>, names: &[String], concurrency: usize) {
+    use kube::api::PostParams;
+    futures::stream::iter(names.to_vec())
+        .for_each_concurrent(concurrency, |n| {
+            let (pods, grants) = (pods.clone(), grants.clone());
+            async move {
+                pods.create(&PostParams::default(), &pod(&n)).await.unwrap();
+                grants.create(&PostParams::default(), &grant(&n)).await.unwrap();
+            }
+        })
+        .await;
+}

@@ -246,17 +246,7 @@ impl IssueInput {
         // attributes, and Cedar answers `principal in Mandate::Namespace::"x"` from
         // the ancestors recorded on the principal, never from the ancestor itself.
         let mut entities = Vec::with_capacity(2 + req.tools.len());
-        entities.push(entity(
-            &principal,
-            vec![
-                ("name", string(&agent.name)),
-                ("namespace", string(&agent.namespace)),
-                ("owner", string(&agent.owner)),
-                ("spiffeId", string(&agent.spiffe_id)),
-                ("serviceAccount", string(&agent.service_account)),
-            ],
-            [namespace],
-        ));
+        entities.push(agent_entity(&principal, agent, namespace));
         entities.push(entity(
             &requester,
             vec![
@@ -360,6 +350,22 @@ impl IssueInput {
             Some(self.ast_context(tool, approval)),
         )
     }
+}
+
+/// The agent as Cedar sees it, a child of its namespace (the same for `issue` and
+/// `invoke`).
+fn agent_entity(principal: &EntityUid, agent: &AgentFacts, namespace: EntityUid) -> ast::Entity {
+    entity(
+        principal,
+        vec![
+            ("name", string(&agent.name)),
+            ("namespace", string(&agent.namespace)),
+            ("owner", string(&agent.owner)),
+            ("spiffeId", string(&agent.spiffe_id)),
+            ("serviceAccount", string(&agent.service_account)),
+        ],
+        [namespace],
+    )
 }
 
 fn requester_uid(req: &IssueRequest) -> EntityUid {
@@ -631,17 +637,7 @@ impl InvokeInput {
             })
             .collect();
         let entities = vec![
-            entity(
-                &principal,
-                vec![
-                    ("name", string(&agent.name)),
-                    ("namespace", string(&agent.namespace)),
-                    ("owner", string(&agent.owner)),
-                    ("spiffeId", string(&agent.spiffe_id)),
-                    ("serviceAccount", string(&agent.service_account)),
-                ],
-                [uid(&n.namespace, &agent.namespace)],
-            ),
+            agent_entity(&principal, agent, uid(&n.namespace, &agent.namespace)),
             entity(
                 &resource,
                 vec![
