@@ -85,6 +85,9 @@ impl Setup {
             serial,
         };
         s.wait_ready().await;
+        // The decision service's caches follow the API server's watch events: wait
+        // until they hold what the setup created (the grant, its identity, its task).
+        s.wait_reason(&s.agent.cert, json!({}), "Allowed").await;
         s
     }
 
@@ -475,7 +478,10 @@ async fn threat_12_a_completed_task_is_denied_at_once_and_its_timeline_is_one_qu
         assert_eq!(e["identity"], format!("{}/agent", s.f.ns.name));
         assert_eq!(e["serial"], s.serial.as_str(), "{e}");
     }
-    let allowed = &events[pos("DecisionAllowed")];
+    let allowed = events
+        .iter()
+        .find(|e| e["kind"] == "DecisionAllowed" && e["decisionId"] == first["decisionId"])
+        .expect("the first call's decision is in the timeline");
     assert_eq!(allowed["decisionId"], first["decisionId"]);
     assert_eq!(allowed["reason"], "Allowed");
     assert_eq!(allowed["call"]["tool"], "github");
