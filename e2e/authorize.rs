@@ -3,8 +3,6 @@
 //! denial with its own reason, and the audit trail of a task. The same decisions
 //! through a real Envoy are in `envoy.rs`.
 
-use std::time::Duration;
-
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::{Secret, ServiceAccount},
@@ -93,19 +91,15 @@ impl Setup {
 
     /// Waits until `/readyz` says the decision service can answer.
     pub(crate) async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
-        loop {
+        crate::support::wait::poll("the decision service to be ready", || async {
             let (status, body) = self.f.op.get("/readyz").await;
             if status == 200 {
-                return;
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&body).into_owned())
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the decision service never became ready: {}",
-                String::from_utf8_lossy(&body)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     /// `POST /v1/authorize` as `caller` (a client certificate) and/or with `token`.
@@ -185,18 +179,15 @@ impl Setup {
 
     /// Asks until the answer's reason is `reason` (the decision follows watch events).
     pub(crate) async fn wait_reason(&self, cert: &str, extra: Value, reason: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
-        loop {
+        crate::support::wait::poll(&format!("the answer {reason}"), || async {
             let got = self.ask(cert, extra.clone()).await;
             if got["reason"] == reason {
-                return got;
+                Ok(got)
+            } else {
+                Err(got.to_string())
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "never denied with {reason}; last answer {got}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     /// A token of ServiceAccount `name` (created if needed) for Mandate's audience.

@@ -388,19 +388,19 @@ fn serial_of(p: &Pair) -> String {
 
 /// Waits until the grant's Secret holds a certificate other than `old`.
 async fn wait_new_cert(s: &Setup, grant: &str, old: &str) -> Pair {
-    let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
-    loop {
-        if let Ok(secret) = s.f.secrets.get(grant).await
-            && secret.data.as_ref().is_some_and(|d| d.contains_key("tls.crt"))
-        {
-            let p = agent_pair(&s.f, grant).await;
-            if serial_of(&p) != old {
-                return p;
-            }
+    crate::support::wait::poll(&format!("a new certificate for {grant}"), || async {
+        let secret = s.f.secrets.get(grant).await.map_err(|e| e.to_string())?;
+        if !secret.data.as_ref().is_some_and(|d| d.contains_key("tls.crt")) {
+            return Err("no certificate in the Secret".to_string());
         }
-        assert!(tokio::time::Instant::now() < deadline, "no new certificate for {grant}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        let p = agent_pair(&s.f, grant).await;
+        if serial_of(&p) != old {
+            Ok(p)
+        } else {
+            Err(format!("still {old}"))
+        }
+    })
+    .await
 }
 
 /// Calls until Envoy passes on a denial with `reason` (decisions follow watch events).
@@ -409,18 +409,13 @@ where
     F: Fn(Pair) -> Fut,
     Fut: std::future::Future<Output = Reply>,
 {
-    let deadline = tokio::time::Instant::now() + crate::support::TIMEOUT;
-    loop {
+    crate::support::wait::poll(&format!("a denial with {reason}"), || async {
         let r = call(client.clone()).await;
         if r.status == 403 && r.header("x-mandate-reason") == Some(reason) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{} {:?}", r.status, r.header("x-mandate-reason")))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never denied with {reason}: {} {:?}",
-            r.status,
-            r.header("x-mandate-reason")
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }

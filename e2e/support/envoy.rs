@@ -159,24 +159,17 @@ impl Envoy {
         }
     }
 
-    /// Waits until the access log has a line for `request_id` and returns it.
+    /// Waits until the access log has a line for `request_id` and returns it (Envoy
+    /// flushes the file every 50 ms).
     pub async fn access_line(&self, request_id: &str) -> serde_json::Value {
-        let deadline = tokio::time::Instant::now() + super::TIMEOUT;
-        loop {
+        super::wait::poll(&format!("the access log line of {request_id}"), || async {
             let text = std::fs::read_to_string(&self.access_log).unwrap_or_default();
-            if let Some(line) = text
-                .lines()
+            text.lines()
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .find(|v| v["request_id"] == request_id)
-            {
-                return line;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no access log line for {request_id}:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                .ok_or(text)
+        })
+        .await
     }
 }
 

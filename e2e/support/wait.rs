@@ -45,3 +45,22 @@ where
         Err(_) => panic!("timed out after {TIMEOUT:?} waiting for {name} to be deleted ({what})"),
     }
 }
+
+/// Asks `probe` until it returns `Ok`, for answers no watch reports (a decision, a
+/// process's readiness endpoint, a log line); panics at the timeout with the last `Err`.
+pub async fn poll<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(last) if tokio::time::Instant::now() >= deadline => {
+                panic!("timed out after {TIMEOUT:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}

@@ -72,33 +72,30 @@ fn timestamp(t: OffsetDateTime) -> Option<Timestamp> {
     Timestamp::from_second(t.unix_timestamp()).ok()
 }
 
+/// A presented certificate's PEM: as sent, or URL-decoded (Envoy forwards it
+/// URL-encoded; PEM itself never holds a '%').
+fn pem_of(text: &str) -> Result<std::borrow::Cow<'_, str>, std::str::Utf8Error> {
+    if text.contains('%') {
+        percent_encoding::percent_decode_str(text).decode_utf8()
+    } else {
+        Ok(std::borrow::Cow::Borrowed(text))
+    }
+}
+
 /// The DER of a presented certificate text, if it parses.
 pub fn der_of(text: &str) -> Option<Vec<u8>> {
-    let pem = // PEM never holds a '%'; Envoy's URL-encoded PEM always does.
-    if !text.contains('%') {
-        std::borrow::Cow::Borrowed(text)
-    } else {
-        percent_encoding::percent_decode_str(text).decode_utf8().ok()?
-    };
-    pki::first_certificate_der(&pem).ok()
+    pki::first_certificate_der(&pem_of(text).ok()?).ok()
 }
 
 /// Verifies one presented certificate (PEM or URL-encoded PEM) and reads its subject.
 pub fn verify(text: &str, trust: &Trust) -> Result<Subject, (Reason, String)> {
-    let decoded;
-    let pem = // PEM never holds a '%'; Envoy's URL-encoded PEM always does.
-    if !text.contains('%') {
-        text
-    } else {
-        decoded = percent_encoding::percent_decode_str(text).decode_utf8().map_err(|e| {
-            (
-                Reason::MalformedCertificate,
-                format!("the certificate is not UTF-8: {e}"),
-            )
-        })?;
-        &decoded
-    };
-    let der = pki::first_certificate_der(pem).map_err(|e| (Reason::MalformedCertificate, e.to_string()))?;
+    let pem = pem_of(text).map_err(|e| {
+        (
+            Reason::MalformedCertificate,
+            format!("the certificate is not UTF-8: {e}"),
+        )
+    })?;
+    let der = pki::first_certificate_der(&pem).map_err(|e| (Reason::MalformedCertificate, e.to_string()))?;
     let cas: Vec<&[u8]> = trust.cas_der.iter().map(Vec::as_slice).collect();
     let info = pki::verify_presented(&der, &cas).map_err(|e| match e {
         PresentedError::Malformed(m) => (Reason::MalformedCertificate, m),
