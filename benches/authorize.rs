@@ -370,7 +370,12 @@ async fn main() {
     let serials = Arc::new(Mutex::new(HashMap::new()));
     watch_secrets(ns.api(), issued.clone(), deleted.clone(), serials.clone());
     common::bench_identity(&ids).await;
-    let names: Vec<String> = (0..GRANTS).map(|i| format!("t{i:05}")).collect();
+    // MANDATE_BENCH_GRANTS: fewer grants for a quick profile; reports use GRANTS.
+    let grants_n = std::env::var("MANDATE_BENCH_GRANTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(GRANTS);
+    let names: Vec<String> = (0..grants_n).map(|i| format!("t{i:05}")).collect();
     let t0 = Instant::now();
     common::create_pods_and_grants(&pods, &grants, &names, CONCURRENCY).await;
     for n in &names {
@@ -378,6 +383,18 @@ async fn main() {
     }
     let fill = t0.elapsed();
     let rss = memory_kib(pid, "VmRSS:");
+    if std::env::var_os("MANDATE_BENCH_FILL_ONLY").is_some() {
+        // For heap profiles of the filled operator (MANDATE_OPERATOR_WRAPPER).
+        println!(
+            "{} grants issued in {:.1} s; resident {:.1} MiB",
+            names.len(),
+            fill.as_secs_f64(),
+            rss as f64 / 1024.0
+        );
+        drop(op);
+        ns.cleanup().await;
+        return;
+    }
 
     let secrets: Api<Secret> = ns.api();
     let ca = Signer::mandate(&secrets).await;

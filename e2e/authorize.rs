@@ -487,16 +487,14 @@ async fn threat_12_a_completed_task_is_denied_at_once_and_its_timeline_is_one_qu
     assert_eq!(events[pos("DecisionDenied")]["reason"], "TaskFinished");
     // The same events on stdout, one well-formed JSON object per line, the report's
     // newline escaped (threat 28).
-    let stdout = std::fs::read_to_string(&s.f.op.audit_log).unwrap();
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l}")))
-        .collect();
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["kind"] == "ToolCall" && l["decisionId"] == first["decisionId"])
-    );
+    let (stdout, _) =
+        s.f.op
+            .audit_lines("the tool call's report on stdout", |lines| {
+                lines
+                    .iter()
+                    .any(|l| l["kind"] == "ToolCall" && l["decisionId"] == first["decisionId"])
+            })
+            .await;
     assert!(!stdout.lines().any(|l| l.starts_with("forged")));
     s.f.ns.cleanup().await;
 }
@@ -616,10 +614,14 @@ async fn threat_28_a_flood_of_reports_is_bounded_and_counted() {
         "{metrics}"
     );
     // Each line on stdout is one JSON object; the crafted text stays inside its string.
-    let stdout = std::fs::read_to_string(&s.f.op.audit_log).unwrap();
+    let (stdout, lines) =
+        s.f.op
+            .audit_lines("the 120 reports on stdout", |lines| {
+                lines.iter().filter(|v| v["kind"] == "DataAccess").count() >= 120
+            })
+            .await;
     let mut reports = 0;
-    for l in stdout.lines() {
-        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
+    for (l, v) in stdout.lines().zip(&lines) {
         if v["kind"] == "DataAccess" {
             reports += 1;
             assert_eq!(v["call"]["tool"], crafted);

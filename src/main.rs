@@ -2,6 +2,7 @@ use clap::Parser;
 use mandate::cli::{Cli, Command};
 
 /// See `mandate::allocator` for why mimalloc, and how it is tuned.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

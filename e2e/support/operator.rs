@@ -139,7 +139,17 @@ impl Operator {
             .find_map(|a| a.strip_prefix("--decision-listen=127.0.0.1:"))
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mandate"));
+        // MANDATE_OPERATOR_WRAPPER runs the binary under a profiler (for example
+        // `heaptrack -o target/bench/heap`); unset in tests and CI.
+        let mut cmd = match std::env::var("MANDATE_OPERATOR_WRAPPER") {
+            Ok(w) if !w.trim().is_empty() => {
+                let mut words = w.split_whitespace();
+                let mut c = Command::new(words.next().unwrap_or_default());
+                c.args(words).arg(env!("CARGO_BIN_EXE_mandate"));
+                c
+            }
+            _ => Command::new(env!("CARGO_BIN_EXE_mandate")),
+        };
         if let Some(f) = &failpoints {
             cmd.env("FAILPOINTS", f);
         }
@@ -226,6 +236,32 @@ impl Operator {
     /// Process id, for reading its memory use from /proc.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// The audit trail on the operator's stdout, once `done` holds for it: complete
+    /// lines only (the operator writes them from its own thread), each one JSON
+    /// object (a line that is not panics: threat 28's forged line would be one).
+    pub async fn audit_lines(
+        &self,
+        what: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> (String, Vec<serde_json::Value>) {
+        super::wait::poll(what, || async {
+            let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
+            let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            let lines: Vec<serde_json::Value> = complete
+                .lines()
+                .map(|l| {
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l:?}"))
+                })
+                .collect();
+            if done(&lines) {
+                Ok((complete.to_string(), lines))
+            } else {
+                Err(format!("{} audit lines so far", lines.len()))
+            }
+        })
+        .await
     }
 
     /// The operator's log so far, for assertions on what it reported.

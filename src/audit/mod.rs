@@ -153,18 +153,114 @@ impl Default for Bounds {
     }
 }
 
+/// One buffered event: its JSON line (what it costs in memory is what the byte bound
+/// counts) and a hash of each key a query filters on, so a query parses only the
+/// lines whose hashes match.
+struct Stored {
+    line: Box<str>,
+    keys: [u64; 5],
+}
+
+fn key_hash(value: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Some(v) = value else { return 0 };
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    // 0 stands for "no key".
+    h.finish() | 1
+}
+
+fn key_hashes(
+    identity: Option<&str>,
+    grant: Option<&str>,
+    task: Option<&str>,
+    serial: Option<&str>,
+    decision: Option<&str>,
+) -> [u64; 5] {
+    [
+        key_hash(identity),
+        key_hash(grant),
+        key_hash(task),
+        key_hash(serial),
+        key_hash(decision),
+    ]
+}
+
+impl Keys {
+    fn hashes(&self) -> [u64; 5] {
+        key_hashes(
+            self.identity.as_deref(),
+            self.grant.as_ref().map(|g| g.uid.as_str()),
+            self.task.as_ref().map(|t| t.uid.as_str()),
+            self.serial.as_deref(),
+            self.decision_id.as_deref(),
+        )
+    }
+}
+
+impl Filter {
+    fn hashes(&self) -> [u64; 5] {
+        key_hashes(
+            self.identity.as_deref(),
+            self.grant.as_deref(),
+            self.task.as_deref(),
+            self.serial.as_deref(),
+            self.decision_id.as_deref(),
+        )
+    }
+}
+
 struct Ring {
-    events: VecDeque<(Event, usize)>,
+    events: VecDeque<Stored>,
     bytes: usize,
 }
+
+/// What the writer thread is sent.
+enum ToSink {
+    Line(Vec<u8>),
+    /// Answered once every line sent before it is written.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Lines waiting for the writer at most; past it, `emit` waits (a stuck stdout slows
+/// the writers down rather than losing evidence or growing without bound).
+const SINK_QUEUE: usize = 16_384;
+/// The writer hands the sink at most this much per write.
+const SINK_BATCH: usize = 256 * 1024;
 
 /// Writes each event to its sink (one JSON line) and keeps the latest, bounded.
 #[derive(Clone)]
 pub struct AuditLog {
     ring: Arc<Mutex<Ring>>,
     bounds: Bounds,
-    sink: Arc<Mutex<Box<dyn Write + Send>>>,
+    sink: std::sync::mpsc::SyncSender<ToSink>,
     dropped: Counter,
+}
+
+/// The writer thread: drains the queue into few large writes, so a decision never
+/// waits on a write system call and a burst becomes one write.
+fn write_lines(mut sink: Box<dyn Write + Send>, queue: std::sync::mpsc::Receiver<ToSink>, dropped: Counter) {
+    let mut batch: Vec<u8> = Vec::with_capacity(SINK_BATCH);
+    let mut waiting: Vec<std::sync::mpsc::SyncSender<()>> = vec![];
+    while let Ok(first) = queue.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                ToSink::Line(line) => batch.extend_from_slice(&line),
+                ToSink::Flush(done) => waiting.push(done),
+            }
+            if batch.len() < SINK_BATCH {
+                next = queue.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() && sink.write_all(&batch).and_then(|()| sink.flush()).is_err() {
+            dropped.inc_by(batch.iter().filter(|b| **b == b'\n').count() as u64);
+        }
+        batch.clear();
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
+    }
 }
 
 impl AuditLog {
@@ -175,14 +271,25 @@ impl AuditLog {
     }
 
     pub fn with_sink(bounds: Bounds, sink: Box<dyn Write + Send>) -> AuditLog {
+        let (tx, rx) = std::sync::mpsc::sync_channel(SINK_QUEUE);
+        let dropped = Counter::default();
+        let counted = dropped.clone();
+        // A plain thread: the writes block, and must not take a runtime worker.
+        if let Err(e) = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || write_lines(sink, rx, counted))
+        {
+            // Without a writer every line is counted as dropped (the queue is closed).
+            tracing::error!(error = %e, "could not start the audit writer; audit lines are not written");
+        }
         AuditLog {
             ring: Arc::new(Mutex::new(Ring {
                 events: VecDeque::new(),
                 bytes: 0,
             })),
             bounds,
-            sink: Arc::new(Mutex::new(sink)),
-            dropped: Counter::default(),
+            sink: tx,
+            dropped,
         }
     }
 
@@ -194,35 +301,49 @@ impl AuditLog {
             return;
         };
         let size = line.len();
+        let keys = event.keys.hashes();
+        let stored = Stored {
+            // serde_json writes UTF-8.
+            line: String::from_utf8_lossy(&line).into(),
+            keys,
+        };
         line.push(b'\n');
-        {
-            let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
-            if sink.write_all(&line).and_then(|()| sink.flush()).is_err() {
-                self.dropped.inc();
-            }
+        if self.sink.send(ToSink::Line(line)).is_err() {
+            self.dropped.inc();
         }
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        ring.events.push_back((event, size));
+        ring.events.push_back(stored);
         ring.bytes += size;
         while ring.events.len() > self.bounds.events || ring.bytes > self.bounds.bytes {
-            let Some((_, gone)) = ring.events.pop_front() else {
+            let Some(gone) = ring.events.pop_front() else {
                 break;
             };
-            ring.bytes -= gone;
+            ring.bytes -= gone.line.len();
             self.dropped.inc();
+        }
+    }
+
+    /// Waits until every event emitted so far has been handed to the sink.
+    pub fn flush(&self) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.sink.send(ToSink::Flush(tx)).is_ok() {
+            let _ = rx.recv();
         }
     }
 
     /// The buffered events `filter` picks, oldest first, at most `limit`.
     pub fn query(&self, filter: &Filter, limit: usize) -> Vec<Event> {
+        let want = filter.hashes();
+        let candidate = |s: &Stored| want.iter().zip(s.keys).all(|(w, k)| *w == 0 || *w == k);
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<Event> = ring
             .events
             .iter()
             .rev()
-            .filter(|(e, _)| filter.matches(e))
+            .filter(|s| candidate(s))
+            .filter_map(|s| serde_json::from_str::<Event>(&s.line).ok())
+            .filter(|e| filter.matches(e))
             .take(limit)
-            .map(|(e, _)| e.clone())
             .collect();
         out.reverse();
         out
@@ -288,6 +409,7 @@ mod tests {
         let out = Shared::default();
         let log = AuditLog::with_sink(Bounds::default(), Box::new(out.clone()));
         log.emit(event(0, EventKind::CertificateIssued, "t-uid", "aa"));
+        log.flush();
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert_eq!(
             text.lines().count(),

@@ -12,6 +12,7 @@ pub(crate) mod grant;
 pub(crate) mod identity;
 pub mod ledger;
 pub mod policy;
+pub(crate) mod recorder;
 pub(crate) mod sweeper;
 pub(crate) mod task_watch;
 pub(crate) mod trail;
@@ -33,7 +34,6 @@ use kube::{
     api::ApiResource,
     runtime::{
         controller::Action,
-        events::Recorder,
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -161,7 +161,7 @@ pub struct Context {
     pub client: Client,
     /// Permits to reconcile a grant, handed out round-robin over namespaces.
     pub fair: fair::FairGate,
-    pub recorder: Recorder,
+    pub recorder: recorder::Recorder,
     pub trust_domain: String,
     pub ca: watch::Receiver<ca::CaState>,
     pub ledger: ledger::Ledger,

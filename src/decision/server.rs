@@ -54,8 +54,10 @@ pub async fn start(
     extra: Router,
     ca: watch::Receiver<CaState>,
 ) -> Result<impl std::future::Future<Output = ()>, ServeError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
+    // Bound here, so a bad address fails the start; registered with a runtime where the
+    // future is first polled (the decision service's own, see `runtime`).
+    let listener = std::net::TcpListener::bind(config.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| ServeError::Listen {
             addr: config.listen,
             source,
@@ -76,6 +78,13 @@ pub async fn start(
         .merge(extra)
         .merge(grpc);
     Ok(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "decision service could not register its listener");
+                return;
+            }
+        };
         futures::join!(rotation, accept_loop(listener, app, callers, tls_rx));
     })
 }
