@@ -215,52 +215,18 @@ struct Ring {
     bytes: usize,
 }
 
-/// What the writer thread is sent.
-enum ToSink {
-    Line(Vec<u8>),
-    /// Answered once every line sent before it is written.
-    Flush(std::sync::mpsc::SyncSender<()>),
-}
-
-/// Lines waiting for the writer at most; past it, `emit` waits (a stuck stdout slows
-/// the writers down rather than losing evidence or growing without bound).
-const SINK_QUEUE: usize = 16_384;
-/// The writer hands the sink at most this much per write.
-const SINK_BATCH: usize = 256 * 1024;
-
 /// Writes each event to its sink (one JSON line) and keeps the latest, bounded.
+///
+/// The write is synchronous: once `emit` returns the line is the kernel's (a pipe or
+/// file), so a crash right after it (threat 31's crash points) loses no evidence. A
+/// writer thread batching lines was tried; it took about a write system call off each
+/// decision but lost the queued lines at a crash.
 #[derive(Clone)]
 pub struct AuditLog {
     ring: Arc<Mutex<Ring>>,
     bounds: Bounds,
-    sink: std::sync::mpsc::SyncSender<ToSink>,
+    sink: Arc<Mutex<Box<dyn Write + Send>>>,
     dropped: Counter,
-}
-
-/// The writer thread: drains the queue into few large writes, so a decision never
-/// waits on a write system call and a burst becomes one write.
-fn write_lines(mut sink: Box<dyn Write + Send>, queue: std::sync::mpsc::Receiver<ToSink>, dropped: Counter) {
-    let mut batch: Vec<u8> = Vec::with_capacity(SINK_BATCH);
-    let mut waiting: Vec<std::sync::mpsc::SyncSender<()>> = vec![];
-    while let Ok(first) = queue.recv() {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                ToSink::Line(line) => batch.extend_from_slice(&line),
-                ToSink::Flush(done) => waiting.push(done),
-            }
-            if batch.len() < SINK_BATCH {
-                next = queue.try_recv().ok();
-            }
-        }
-        if !batch.is_empty() && sink.write_all(&batch).and_then(|()| sink.flush()).is_err() {
-            dropped.inc_by(batch.iter().filter(|b| **b == b'\n').count() as u64);
-        }
-        batch.clear();
-        for done in waiting.drain(..) {
-            let _ = done.send(());
-        }
-    }
 }
 
 impl AuditLog {
@@ -271,25 +237,14 @@ impl AuditLog {
     }
 
     pub fn with_sink(bounds: Bounds, sink: Box<dyn Write + Send>) -> AuditLog {
-        let (tx, rx) = std::sync::mpsc::sync_channel(SINK_QUEUE);
-        let dropped = Counter::default();
-        let counted = dropped.clone();
-        // A plain thread: the writes block, and must not take a runtime worker.
-        if let Err(e) = std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || write_lines(sink, rx, counted))
-        {
-            // Without a writer every line is counted as dropped (the queue is closed).
-            tracing::error!(error = %e, "could not start the audit writer; audit lines are not written");
-        }
         AuditLog {
             ring: Arc::new(Mutex::new(Ring {
                 events: VecDeque::new(),
                 bytes: 0,
             })),
             bounds,
-            sink: tx,
-            dropped,
+            sink: Arc::new(Mutex::new(sink)),
+            dropped: Counter::default(),
         }
     }
 
@@ -308,8 +263,11 @@ impl AuditLog {
             keys,
         };
         line.push(b'\n');
-        if self.sink.send(ToSink::Line(line)).is_err() {
-            self.dropped.inc();
+        {
+            let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+            if sink.write_all(&line).and_then(|()| sink.flush()).is_err() {
+                self.dropped.inc();
+            }
         }
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         ring.events.push_back(stored);
@@ -320,14 +278,6 @@ impl AuditLog {
             };
             ring.bytes -= gone.line.len();
             self.dropped.inc();
-        }
-    }
-
-    /// Waits until every event emitted so far has been handed to the sink.
-    pub fn flush(&self) {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        if self.sink.send(ToSink::Flush(tx)).is_ok() {
-            let _ = rx.recv();
         }
     }
 
@@ -409,7 +359,6 @@ mod tests {
         let out = Shared::default();
         let log = AuditLog::with_sink(Bounds::default(), Box::new(out.clone()));
         log.emit(event(0, EventKind::CertificateIssued, "t-uid", "aa"));
-        log.flush();
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert_eq!(
             text.lines().count(),
