@@ -285,15 +285,24 @@ impl AuditLog {
     pub fn query(&self, filter: &Filter, limit: usize) -> Vec<Event> {
         let want = filter.hashes();
         let candidate = |s: &Stored| want.iter().zip(s.keys).all(|(w, k)| *w == 0 || *w == k);
-        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<Event> = ring
-            .events
+        // Copied out under the lock, parsed after it: a large query must not hold up
+        // every writer (decisions among them) while it parses. The hashes are 64-bit,
+        // so a candidate that the exact check then drops (a collision) is not a concern
+        // for the limit.
+        let lines: Vec<Box<str>> = {
+            let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            ring.events
+                .iter()
+                .rev()
+                .filter(|s| candidate(s))
+                .take(limit)
+                .map(|s| s.line.clone())
+                .collect()
+        };
+        let mut out: Vec<Event> = lines
             .iter()
-            .rev()
-            .filter(|s| candidate(s))
-            .filter_map(|s| serde_json::from_str::<Event>(&s.line).ok())
+            .filter_map(|l| serde_json::from_str::<Event>(l).ok())
             .filter(|e| filter.matches(e))
-            .take(limit)
             .collect();
         out.reverse();
         out
