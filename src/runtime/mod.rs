@@ -63,8 +63,9 @@ pub enum RunError {
 ///
 /// Why not the controllers' runtime: a tokio worker runs each task until it yields, so
 /// a decision queued behind a relist of 10,000 grants, a CRL rebuild or an identity
-/// status over all its grants waits for them (a 90 ms p99 with 10,000 grants, 1.4 ms
-/// with 1,000). On their own threads the kernel shares the cores between the two
+/// status over all its grants waits for them (the suspected cause of a 95 ms p99 right
+/// after issuing 10,000 grants, against 1.4 ms at 1,000; not yet re-measured). On
+/// their own threads the kernel shares the cores between the two
 /// fairly and wakes a decision's thread at once.
 fn dedicated_runtime(
     name: &str,
