@@ -50,55 +50,49 @@ use crate::{
     failpoint::crash_point,
     pki::{self, CaState, LeafRequest, OffsetDateTime},
     spiffe::SpiffeId,
+    state::cached::GrantSecret,
 };
 
 fn to_offset(t: Timestamp) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(t.as_second()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-fn to_ts(t: OffsetDateTime) -> Timestamp {
-    Timestamp::from_second(t.unix_timestamp()).unwrap_or(Timestamp::UNIX_EPOCH)
-}
+use pki::timestamp_of as to_ts;
 
 fn secret_name(grant: &ToolGrant) -> String {
     grant.spec.secret_name.clone().unwrap_or_else(|| grant.name_any())
 }
 
 /// Reads the grant's Secret into what the decision needs.
-fn observe_secret(grant: &ToolGrant, secret: Option<&Secret>) -> SecretObs {
+fn observe_secret(grant: &ToolGrant, secret: Option<&GrantSecret>) -> SecretObs {
     let Some(secret) = secret else { return SecretObs::Absent };
-    let ours = secret
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == grant.metadata.uid.as_ref());
-    if !ours {
+    if !is_controlled_by(secret, grant) {
         return SecretObs::Foreign;
     }
-    let pem = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("tls.crt"))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned());
-    let live = pem.and_then(|pem| pki::inspect_leaf_pem(&pem).ok()).and_then(|info| {
-        let scope = info.scope?;
-        let not_after = to_ts(info.not_after);
-        let not_before = to_ts(info.not_before);
+    let live = secret.cert.as_ref().map(|c| {
         // Renewal time is stored beside the certificate (it carries the jitter); if it is
         // missing, fall back to two thirds of the lifetime.
         let renew_at = secret
             .annotations()
             .get(ANN_RENEW_AT)
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| not_before + not_before.duration_until(not_after).mul_f64(2.0 / 3.0));
-        Some(LiveCert {
-            serial: info.serial_hex,
-            not_after,
+            .unwrap_or_else(|| c.not_before + c.not_before.duration_until(c.not_after).mul_f64(2.0 / 3.0));
+        LiveCert {
+            serial: c.serial_hex.clone(),
+            not_after: c.not_after,
             renew_at,
-            grant_generation: scope.grant_generation,
-            task_uid: scope.task_uid,
-        })
+            grant_generation: c.grant_generation,
+            task_uid: c.task_uid.clone(),
+        }
     });
     SecretObs::Ours(live)
+}
+
+fn is_controlled_by(secret: &GrantSecret, grant: &ToolGrant) -> bool {
+    secret
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == grant.metadata.uid.as_ref())
 }
 
 /// Looks up the API resource of a task kind: built in for Jobs and Pods, discovered
@@ -123,13 +117,6 @@ async fn task_resource(ctx: &Context, api_version: &str, kind: &str) -> Result<A
     Ok(ar)
 }
 
-/// Converts a cached typed object into the dynamic form the task adapters read.
-fn to_dynamic<K: serde::Serialize>(obj: &K) -> Option<DynamicObject> {
-    serde_json::to_value(obj)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
-}
-
 async fn fetch_task(ctx: &Context, grant: &ToolGrant, ns: &str) -> Result<Option<TaskState>, Error> {
     let r = &grant.spec.task_ref;
     let kind = TaskKind::of(&r.api_version, &r.kind);
@@ -137,30 +124,28 @@ async fn fetch_task(ctx: &Context, grant: &ToolGrant, ns: &str) -> Result<Option
         TaskKind::Job => ctx
             .jobs
             .get(&ObjectRef::new(&r.name).within(ns))
-            .and_then(|j| to_dynamic(j.as_ref())),
+            .map(|j| j.state.clone()),
         TaskKind::Pod => ctx
             .pods
             .get(&ObjectRef::new(&r.name).within(ns))
-            .and_then(|p| to_dynamic(p.as_ref())),
+            .map(|p| p.state.clone()),
         TaskKind::Generic => None,
     };
+    if let Some(state) = cached {
+        return Ok(Some(state));
+    }
     // A cache miss is confirmed against the API server: a task is only ever reported
     // gone (which revokes) on the API server's word.
-    let obj = match cached {
-        Some(obj) => Some(obj),
-        None => {
-            let ar = task_resource(ctx, &r.api_version, &r.kind).await?;
-            if kind == TaskKind::Generic {
-                // Its end must reach the grant at once, as a Job's does.
-                ctx.task_watches.ensure(&ar);
-            }
-            let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
-            api.get_opt(&r.name).await.map_err(|source| Error::FetchTask {
-                name: r.name.clone(),
-                source,
-            })?
-        }
-    };
+    let ar = task_resource(ctx, &r.api_version, &r.kind).await?;
+    if kind == TaskKind::Generic {
+        // Its end must reach the grant at once, as a Job's does.
+        ctx.task_watches.ensure(&ar);
+    }
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    let obj = api.get_opt(&r.name).await.map_err(|source| Error::FetchTask {
+        name: r.name.clone(),
+        source,
+    })?;
     Ok(obj.map(|o| task::observe(kind, &o, &ctx.finished_conditions)))
 }
 
@@ -231,7 +216,12 @@ async fn fetch_grant(ctx: &Context, api: &Api<ToolGrant>, cached: &ToolGrant) ->
 
 /// The grant's Secret as of our own last write to it: from the cache (which holds no
 /// private keys) when it has caught up, else read.
-async fn fetch_secret(ctx: &Context, api: &Api<Secret>, grant: &ToolGrant, ns: &str) -> Result<Option<Secret>, Error> {
+async fn fetch_secret(
+    ctx: &Context,
+    api: &Api<GrantSecret>,
+    grant: &ToolGrant,
+    ns: &str,
+) -> Result<Option<GrantSecret>, Error> {
     let name = secret_name(grant);
     let uid = grant.uid().unwrap_or_default();
     let ready = ctx.secrets_ready.wait().await;
@@ -254,6 +244,8 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
     let name = cached.name_any();
     let grants: Api<ToolGrant> = Api::namespaced(ctx.client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    // Reads and deletes go through the compact type: the key is never decoded.
+    let grant_secrets: Api<GrantSecret> = Api::namespaced(ctx.client.clone(), &ns);
 
     // Fetch.
     let grant = match fetch_grant(&ctx, &grants, &cached).await? {
@@ -262,7 +254,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
     };
     let identity = fetch_identity(&ctx, &grant, &ns).await?;
     let task = fetch_task(&ctx, &grant, &ns).await?;
-    let secret = fetch_secret(&ctx, &secrets, &grant, &ns).await?;
+    let secret = fetch_secret(&ctx, &grant_secrets, &grant, &ns).await?;
     // Which serials this grant object has: never decided from half a record.
     if !ctx.records_ready.wait().await {
         return Ok(Action::await_change());
@@ -473,7 +465,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
         } => {
             record_revocation(&ctx, &grant, &observed, &serials, cause).await?;
             crash_point("revoke-after-record");
-            delete_secret_if_ours(&ctx, &secrets, &grant, secret.as_ref()).await?;
+            delete_secret_if_ours(&ctx, &grant_secrets, &grant, secret.as_ref()).await?;
             crash_point("revoke-after-secret");
             let draft = grant_status::revoked(
                 grant.status.as_ref(),
@@ -502,7 +494,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             serials,
         } => {
             record_revocation(&ctx, &grant, &observed, &serials, RevocationCause::Withdrawn).await?;
-            delete_secret_if_ours(&ctx, &secrets, &grant, secret.as_ref()).await?;
+            delete_secret_if_ours(&ctx, &grant_secrets, &grant, secret.as_ref()).await?;
             let draft = grant_status::withheld(
                 grant.status.as_ref(),
                 phase,
@@ -576,7 +568,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
 fn adopted(
     previous: &ToolGrantStatus,
     grant: &ToolGrant,
-    secret: Option<&Secret>,
+    secret: Option<&GrantSecret>,
     observed: &Observed<'_>,
     now: Timestamp,
 ) -> Option<(CertificateStatus, Vec<SupersededCertificate>)> {
@@ -586,8 +578,7 @@ fn adopted(
     if previous.certificate.as_ref().map(|c| c.serial_number.as_str()) == Some(live.serial.as_str()) {
         return None;
     }
-    let pem = secret?.data.as_ref()?.get("tls.crt")?;
-    let info = pki::inspect_leaf_pem(&String::from_utf8_lossy(&pem.0)).ok()?;
+    let info = secret?.cert.as_ref()?;
     let mut superseded = previous.superseded.clone();
     if let Some(old) = &previous.certificate
         && old.not_after.0 > now
@@ -601,7 +592,7 @@ fn adopted(
     superseded.retain(|s| s.serial_number != live.serial);
     let current = CertificateStatus {
         serial_number: live.serial.clone(),
-        not_before: Time(to_ts(info.not_before)),
+        not_before: Time(info.not_before),
         not_after: Time(live.not_after),
         renew_after: Time(live.renew_at),
         lifetime_cap: previous
@@ -610,8 +601,8 @@ fn adopted(
             .map(|c| c.lifetime_cap)
             .unwrap_or(crate::api::LifetimeCap::RequestedTTL),
         secret_name: secret_name(grant),
-        spiffe_id: info.uri_sans.first().cloned().unwrap_or_default(),
-        sha256_fingerprint: info.sha256_fingerprint,
+        spiffe_id: info.spiffe_id.clone(),
+        sha256_fingerprint: info.sha256_fingerprint.clone(),
         grant_generation: live.grant_generation,
     };
     Some((current, superseded))
@@ -917,16 +908,12 @@ async fn write_secret(
 
 async fn delete_secret_if_ours(
     ctx: &Context,
-    api: &Api<Secret>,
+    api: &Api<GrantSecret>,
     grant: &ToolGrant,
-    secret: Option<&Secret>,
+    secret: Option<&GrantSecret>,
 ) -> Result<(), Error> {
     let Some(secret) = secret else { return Ok(()) };
-    let ours = secret
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == grant.metadata.uid.as_ref());
-    if !ours {
+    if !is_controlled_by(secret, grant) {
         return Ok(());
     }
     let dp = super::delete_exactly(secret);

@@ -25,10 +25,6 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::{
-    batch::v1::Job,
-    core::v1::{Pod, Secret},
-};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::ApiResource,
@@ -177,10 +173,10 @@ pub struct Context {
     /// anything is revoked, so a cache that lags can delay but never wrongly revoke.
     pub grants: Store<ToolGrant>,
     pub identities: Store<AgentIdentity>,
-    pub jobs: Store<Job>,
-    pub pods: Store<Pod>,
+    pub jobs: Store<crate::state::cached::JobTask>,
+    pub pods: Store<crate::state::cached::PodTask>,
     /// Grant Secrets (labelled `mandate.dev/grant`), without their private keys.
-    pub secrets: Store<Secret>,
+    pub secrets: Store<crate::state::cached::GrantSecret>,
     /// Whether `secrets` holds its initial list (see `ready` for why not the store's own).
     pub secrets_ready: crate::state::ready::Ready,
     /// The policy store (`None` until the AgentPolicies are first loaded).

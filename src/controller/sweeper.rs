@@ -16,7 +16,6 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{
     Api, Client, ResourceExt,
@@ -32,7 +31,7 @@ use crate::{
         CertificateRecord, RecordedGrant, RecordedTask, RevocationCause, ToolGrant,
         names::{ANN_SERIAL, LABEL_GRANT, RECORD_FINALIZER},
     },
-    state::{ready::Ready, records::RecordFacts},
+    state::{cached::GrantSecret, ready::Ready, records::RecordFacts},
 };
 
 /// How often every record is looked at, besides the events that trigger a look.
@@ -54,7 +53,7 @@ pub struct Sweeper {
     pub grants: Store<ToolGrant>,
     pub grants_ready: Ready,
     /// Grant Secrets (certificates only), to find one still holding a revoked serial.
-    pub secrets: Store<Secret>,
+    pub secrets: Store<GrantSecret>,
     pub records_ready: Ready,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
@@ -231,7 +230,8 @@ impl Sweeper {
     /// Deletes the Secrets of the vanished grant object (never one of a new grant of
     /// the same name).
     async fn withdraw_secrets(&self, r: &RecordFacts) -> Result<(), SweepError> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &r.grant_namespace);
+        // Listed through the compact type: the keys are never decoded.
+        let api: Api<GrantSecret> = Api::namespaced(self.client.clone(), &r.grant_namespace);
         let lp = ListParams::default().labels(&format!("{LABEL_GRANT}={}", r.grant_name));
         let list = api.list(&lp).await.map_err(|source| SweepError::WithdrawSecret {
             name: r.grant_name.clone(),
@@ -241,7 +241,7 @@ impl Sweeper {
         // still owns the Secret, so it is known by the serial it holds: one the record
         // says belongs to that grant object. A Secret another grant object controls is
         // never touched.
-        let vanished = |s: &Secret| {
+        let vanished = |s: &GrantSecret| {
             let controller = s.owner_references().iter().find(|o| o.controller == Some(true));
             controller.is_none_or(|o| o.uid == r.grant_uid)
                 && s.annotations().get(ANN_SERIAL).is_some_and(|serial| {

@@ -99,7 +99,7 @@ impl Written {
     /// Whether a watch event for `secret` (`deleted` for a deletion) is exactly our
     /// own last write to its grant's Secret: created or applied at that
     /// resourceVersion, or deleted by us.
-    pub fn is_own_secret_write(&self, secret: &k8s_openapi::api::core::v1::Secret, deleted: bool) -> bool {
+    pub fn is_own_secret_write(&self, secret: &impl kube::Resource, deleted: bool) -> bool {
         use kube::ResourceExt;
         let Some(uid) = secret
             .owner_references()
@@ -120,7 +120,7 @@ impl Written {
         };
         match last {
             SecretWrite::Deleted => deleted,
-            SecretWrite::Version(rv) => !deleted && secret.metadata.resource_version.as_deref() == Some(rv.as_str()),
+            SecretWrite::Version(rv) => !deleted && secret.meta().resource_version.as_deref() == Some(rv.as_str()),
             SecretWrite::Unknown => false,
         }
     }

@@ -45,7 +45,7 @@ pub use secret::PrivateKeyPem;
 pub use serving::ServingRequest;
 pub use time::OffsetDateTime;
 pub(crate) use util::first_certificate_der;
-pub use util::hex_lower;
+pub use util::{hex_lower, timestamp_of};
 
 /// One DER certificate as PEM.
 pub fn pem_encode_certificate(der: &[u8]) -> String {

@@ -17,6 +17,11 @@ pub(crate) const SERIAL_LEN: usize = 16;
 /// RFC 5280 §4.1.2.2 caps serial numbers (and so CRL entries) at 20 octets.
 const MAX_SERIAL_LEN: usize = 20;
 
+/// A certificate time (whole seconds, as X.509 carries them) as the API's timestamp.
+pub fn timestamp_of(t: OffsetDateTime) -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::from_second(t.unix_timestamp()).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+}
+
 /// Lower-case hex without separators.
 pub fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {

@@ -11,10 +11,6 @@ use std::{
 };
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::{
-    batch::v1::Job,
-    core::v1::{Pod, Secret},
-};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{Controller, WatchStreamExt, events::Reporter, reflector, reflector::ObjectRef, watcher},
@@ -34,7 +30,11 @@ use crate::{
     },
     decide::task::FinishedConditions,
     spiffe,
-    state::slim,
+    state::{
+        cached::{GrantSecret, JobTask, PodTask},
+        slim,
+        tasks::facts,
+    },
 };
 
 /// Why the operator could not start or stopped.
@@ -251,40 +251,29 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // Jobs and Pods also feed the task index the decision service reads, from the
     // same events, before they trigger anything.
     let (jobs_mark, jobs_ready) = crate::state::ready::gate();
-    let (job_tasks, job_source, job_finished) = (tasks.clone(), Arc::<str>::from("batch/v1/Job"), finished.clone());
-    let jobs = watcher(api_for::<Job>(&client, ns), watcher::Config::default())
+    let (job_tasks, job_source) = (tasks.clone(), Arc::<str>::from("batch/v1/Job"));
+    // Decoded into the compact types of `cached`: what the task adapter read, not the
+    // object.
+    let jobs = watcher(api_for::<JobTask>(&client, ns), watcher::Config::default())
         .default_backoff()
-        .modify(slim::job)
         .reflect(job_writer)
-        .inspect_ok(move |event| {
-            job_tasks.on_event(&job_source, event, |j| {
-                crate::state::tasks::dynamic(j)
-                    .map(|d| crate::state::tasks::facts_of(crate::decide::task::TaskKind::Job, &d, &job_finished))
-            })
-        })
+        .inspect_ok(move |event| job_tasks.on_event(&job_source, event, |j| Some(facts(&j.state))))
         .inspect_ok(jobs_mark.on_init_done());
     let (pods_mark, pods_ready) = crate::state::ready::gate();
-    let (pod_tasks, pod_source, pod_finished) = (tasks.clone(), Arc::<str>::from("v1/Pod"), finished.clone());
-    let pods = watcher(api_for::<Pod>(&client, ns), watcher::Config::default())
+    let (pod_tasks, pod_source) = (tasks.clone(), Arc::<str>::from("v1/Pod"));
+    let pods = watcher(api_for::<PodTask>(&client, ns), watcher::Config::default())
         .default_backoff()
-        .modify(slim::pod)
         .reflect(pod_writer)
-        .inspect_ok(move |event| {
-            pod_tasks.on_event(&pod_source, event, |p| {
-                crate::state::tasks::dynamic(p)
-                    .map(|d| crate::state::tasks::facts_of(crate::decide::task::TaskKind::Pod, &d, &pod_finished))
-            })
-        })
+        .inspect_ok(move |event| pod_tasks.on_event(&pod_source, event, |p| Some(facts(&p.state))))
         .inspect_ok(pods_mark.on_init_done());
     let written = Arc::new(written::Written::default());
     let ours = written.clone();
     let (secrets_mark, secrets_ready) = crate::state::ready::gate();
     let secrets = watcher(
-        api_for::<Secret>(&client, ns),
+        api_for::<GrantSecret>(&client, ns),
         watcher::Config::default().labels(LABEL_GRANT),
     )
     .default_backoff()
-    .modify(slim::secret)
     .reflect(secret_writer)
     .inspect_ok(secrets_mark.on_init_done())
     // The reconcile that created, applied or deleted a Secret knows what it did;
@@ -447,7 +436,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         // names: after a grant vanished and a new one of the same name is waiting on
         // its predecessor's Secret, that Secret's deletion must reach the new grant,
         // which does not own it.
-        .watches_stream(secrets, |s: Secret| {
+        .watches_stream(secrets, |s: GrantSecret| {
             let ns = s.namespace().unwrap_or_default();
             let mut names: Vec<String> = s
                 .owner_references()
@@ -465,10 +454,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 .map(|n| ObjectRef::new(&n).within(&ns))
                 .collect::<Vec<_>>()
         })
-        .watches_stream(jobs.touched_objects(), move |job: Job| {
+        .watches_stream(jobs.touched_objects(), move |job: JobTask| {
             grants_for_task(&s1, "batch/v1", "Job", job.namespace(), &job.name_any())
         })
-        .watches_stream(pods.touched_objects(), move |pod: Pod| {
+        .watches_stream(pods.touched_objects(), move |pod: PodTask| {
             grants_for_task(&s2, "v1", "Pod", pod.namespace(), &pod.name_any())
         })
         .watches_stream(spec_changes(identities), move |id: AgentIdentity| {

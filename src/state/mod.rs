@@ -5,12 +5,14 @@
 //! - `crl`: the published CRL as stored and served, read strictly;
 //! - `ca`: the signing CA, loaded and watched;
 //! - `policies`: the policy store, built from the AgentPolicies and namespaces;
-//! - `ready`: readiness of a watch's first list; `slim`: what the caches keep.
+//! - `ready`: readiness of a watch's first list; `slim`: what the caches keep;
+//! - `cached`: the compact types Pods, Jobs and grant Secrets are decoded into.
 //!
 //! The controllers, the sweeper, the CRL writer, the HTTP servers and, next, the
 //! decision service all read these; none of them is imported from here.
 
 pub mod ca;
+pub mod cached;
 pub mod crl;
 pub mod policies;
 pub mod ready;

@@ -16,7 +16,7 @@ use kube::{api::DynamicObject, runtime::watcher};
 
 use crate::decide::{
     authorize::TaskFacts,
-    task::{FinishedConditions, TaskKind, observe},
+    task::{FinishedConditions, TaskKind, TaskState, observe},
 };
 
 #[derive(Default)]
@@ -33,19 +33,16 @@ pub struct TaskIndex(Arc<RwLock<Inner>>);
 
 /// What a task object says, as the index keeps it.
 pub fn facts_of(kind: TaskKind, obj: &DynamicObject, finished: &FinishedConditions) -> TaskFacts {
-    let state = observe(kind, obj, finished);
-    TaskFacts {
-        uid: state.uid,
-        finished: state.finished.map(|(o, _)| o),
-        deadline: state.deadline,
-    }
+    facts(&observe(kind, obj, finished))
 }
 
-/// A typed task object as the adapters read it.
-pub fn dynamic<K: serde::Serialize>(obj: &K) -> Option<DynamicObject> {
-    serde_json::to_value(obj)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
+/// What the index keeps of an adapter's reading.
+pub fn facts(state: &TaskState) -> TaskFacts {
+    TaskFacts {
+        uid: state.uid.clone(),
+        finished: state.finished.as_ref().map(|(o, _)| *o),
+        deadline: state.deadline,
+    }
 }
 
 impl TaskIndex {
