@@ -4,7 +4,8 @@
 //! Pod each) and loads 1,000 `invoke` policies (100 AgentPolicies, shaped like the
 //! policy benchmark's: per-namespace tool permits, per-tool forbids on arguments,
 //! per-namespace forbids on destinations, a few cluster-wide forbids), then measures
-//! over loopback, with vegeta (a maintained HTTP load generator, HTTP/2 over TLS):
+//! over loopback, with h2load (nghttp2's HTTP/2 load generator; vegeta through Envoy,
+//! which wants a client certificate):
 //! - `POST /v1/authorize` and gRPC ext_authz (`Authorization/Check`): latency at a
 //!   fixed rate and throughput at saturation;
 //! - the same question answered by OPA (built from the Go module proxy) with an
@@ -50,14 +51,19 @@ const CONCURRENCY: usize = 64;
 const REVOKES: usize = 100;
 /// Each load run.
 const RUN: &str = "10s";
-/// The fixed rate latency is measured at (well below saturation, as a gateway runs;
-/// vegeta itself needs much of a core at this rate).
-const RATE: &str = "2000";
 /// Through Envoy, three processes (Envoy, Mandate, the upstream) share the cores with
 /// vegeta: a rate all of them sustain, so the difference is Mandate's check.
 const ENVOY_RATE: &str = "500";
-/// Connections (workers) at saturation.
-const WORKERS: &str = "64";
+/// h2load at saturation: connections, and concurrent streams on each.
+const H2_CLIENTS: usize = 8;
+const H2_STREAMS: usize = 16;
+/// h2load at the fixed rate: connections sharing it.
+const H2_RATE_CLIENTS: u32 = 4;
+/// The fixed rate latency is measured at (below saturation, as a gateway runs).
+const RATE: u32 = 2000;
+/// The ServiceAccount the load generator calls the decision service as: a trusted
+/// proxy, authenticated by its token (h2load presents no client certificates).
+const GATEWAY_SA: &str = "bench-gateway";
 const GATEWAY: &str = "spiffe://bench.example/gateway";
 
 fn tool(i: usize) -> String {
@@ -109,8 +115,8 @@ struct Load {
     success: f64,
 }
 
-/// One vegeta attack of `targets` (vegeta's JSON target format): at `rate` (`0`: as
-/// fast as `WORKERS` connections go).
+/// One vegeta attack of `targets` (vegeta's JSON target format) at `rate`: through
+/// Envoy, whose listener wants the agent's client certificate (h2load has none).
 fn attack(vegeta: &str, dir: &Path, name: &str, targets: &[Value], client: &Pair, roots: &Path, rate: &str) -> Load {
     let targets_file = dir.join(format!("{name}.targets"));
     let lines: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
@@ -132,25 +138,13 @@ fn attack(vegeta: &str, dir: &Path, name: &str, targets: &[Value], client: &Pair
         "-keepalive".into(),
         format!("-output={}", results.display()),
     ];
-    if targets
-        .iter()
-        .any(|t| t["url"].as_str().is_some_and(|u| u.starts_with("http://")))
-    {
-        // HTTP/2 without TLS (OPA's TLS listener offers HTTP/1.1 only).
-        args.push("-h2c".into());
-    }
     if name.starts_with("envoy") {
         // Envoy's serving certificate is the test's own; Go's verifier refused it now
         // and then ("not valid for any names") where rustls accepts it. The connection
         // is still TLS with the agent's client certificate, kept alive.
         args.push("-insecure".into());
     }
-    if rate == "0" {
-        args.push(format!("-max-workers={WORKERS}"));
-        args.push(format!("-workers={WORKERS}"));
-    } else {
-        args.push("-workers=16".into());
-    }
+    args.push("-workers=16".into());
     let status = std::process::Command::new(vegeta)
         .args(&args)
         .status()
@@ -179,10 +173,120 @@ fn attack(vegeta: &str, dir: &Path, name: &str, targets: &[Value], client: &Pair
     }
 }
 
-fn b64(bytes: &[u8]) -> String {
-    // vegeta's JSON targets carry the body base64-encoded.
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+/// One h2load run against `url` with `body` (POSTed) and `headers`: at `rate` requests
+/// per second in total (`None`: as fast as `H2_CLIENTS` connections with
+/// `H2_STREAMS` streams each go). Latencies come from its per-request log.
+#[allow(clippy::too_many_arguments)]
+fn h2load(
+    h2load: &str,
+    dir: &Path,
+    name: &str,
+    url: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+    rate: Option<u32>,
+) -> Load {
+    let body_file = dir.join(format!("{name}.body"));
+    std::fs::write(&body_file, body).unwrap();
+    let log = dir.join(format!("{name}.log"));
+    let mut args = vec![
+        "-t1".to_string(),
+        format!("-D{}", RUN.trim_end_matches('s')),
+        "--warm-up-time=1".into(),
+        format!("-d{}", body_file.display()),
+        format!("--log-file={}", log.display()),
+    ];
+    for (k, v) in headers {
+        args.push(format!("-H{k}: {v}"));
+    }
+    match rate {
+        Some(rate) => {
+            // A fixed rate: spread over a few connections, each at its share.
+            args.push(format!("-c{H2_RATE_CLIENTS}"));
+            args.push("-m8".into());
+            args.push(format!("--rps={}", rate / H2_RATE_CLIENTS));
+        }
+        None => {
+            args.push(format!("-c{H2_CLIENTS}"));
+            args.push(format!("-m{H2_STREAMS}"));
+        }
+    }
+    args.push(url.to_string());
+    let out = std::process::Command::new(h2load)
+        .args(&args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("h2load runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "h2load {name} failed: {text}");
+    // "finished in 10.00s, 19234.50 req/s, 5.12MB/s"
+    let throughput = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("finished in ")?
+                .split(", ")
+                .nth(1)?
+                .strip_suffix(" req/s")?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("h2load {name}: no throughput in its report: {text}"));
+    // One line per request: start (µs since the epoch), status (-1: failed), µs taken.
+    let mut ok = 0u64;
+    let mut micros: Vec<u64> = vec![];
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let (Some(status), Some(us)) = (cols.get(1), cols.get(2).and_then(|u| u.parse::<u64>().ok())) else {
+            continue;
+        };
+        micros.push(us);
+        if *status == "200" {
+            ok += 1;
+        }
+    }
+    let requests = micros.len() as u64;
+    assert!(ok > 0, "{name}: no request answered 200: {text}");
+    if ok != requests {
+        eprintln!(
+            "bench: {name}: {} of {requests} requests did not answer 200",
+            requests - ok
+        );
+    }
+    micros.sort_unstable();
+    let pct = |p: f64| micros[((micros.len() as f64 * p) as usize).min(micros.len() - 1)] as f64 / 1000.0;
+    Load {
+        requests,
+        throughput,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        success: ok as f64 / requests as f64,
+    }
+}
+
+/// A token of the gateway's ServiceAccount (created here) for Mandate's audience.
+async fn gateway_token(client: &kube::Client, ns: &str) -> String {
+    use k8s_openapi::api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::ServiceAccount,
+    };
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": GATEWAY_SA}})).unwrap();
+    sas.create(&kube::api::PostParams::default(), &sa)
+        .await
+        .expect("the gateway's ServiceAccount");
+    let req = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec!["mandate.dev".into()]),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let got: TokenRequest = sas
+        .create_subresource("token", GATEWAY_SA, &kube::api::PostParams::default(), &req)
+        .await
+        .expect("a token");
+    got.status.and_then(|s| s.token).expect("a token in the status")
 }
 
 /// A gRPC unary request body: the 5-byte frame header and the message.
@@ -331,6 +435,7 @@ async fn main() {
     let dir: PathBuf = support::repo_root().join("target/bench/authz");
     std::fs::create_dir_all(&dir).unwrap();
     let vegeta = tool_path("MANDATE_VEGETA", "hack/tools/vegeta.sh");
+    let h2l = tool_path("MANDATE_H2LOAD", "hack/tools/h2load.sh");
     let opa = tool_path("MANDATE_OPA", "hack/tools/opa.sh");
     let client = support::client().await;
     support::install_crds(&client).await;
@@ -356,6 +461,7 @@ async fn main() {
             &format!("--ca-secret-namespace={}", ns.name),
             "--trust-domain=bench.example",
             &format!("--decision-proxy-spiffe-ids={GATEWAY}"),
+            &format!("--decision-proxy-service-accounts={}/{GATEWAY_SA}", ns.name),
         ],
     )
     .await;
@@ -422,43 +528,34 @@ async fn main() {
     }
     let base = format!("https://localhost:{}", op.decision_port);
 
+    let token = gateway_token(&client, &ns.name).await;
+    let bearer = format!("Bearer {token}");
+
     phase("POST /v1/authorize");
     let body = serde_json::to_vec(&authorize_body(&agent.cert)).unwrap();
-    let authorize_target = json!({"method": "POST", "url": format!("{base}/v1/authorize"), "body": b64(&body),
-                                  "header": {"Content-Type": ["application/json"]}});
-    let a_lat = attack(
-        &vegeta,
+    let authorize_url = format!("{base}/v1/authorize");
+    let json_headers = [("content-type", "application/json"), ("authorization", bearer.as_str())];
+    let a_lat = h2load(
+        &h2l,
         &dir,
         "authorize",
-        std::slice::from_ref(&authorize_target),
-        &gateway,
-        &roots,
-        RATE,
+        &authorize_url,
+        &body,
+        &json_headers,
+        Some(RATE),
     );
-    let a_max = attack(
-        &vegeta,
-        &dir,
-        "authorize-max",
-        &[authorize_target],
-        &gateway,
-        &roots,
-        "0",
-    );
+    let a_max = h2load(&h2l, &dir, "authorize-max", &authorize_url, &body, &json_headers, None);
 
     phase("gRPC ext_authz");
-    let grpc_target = json!({"method": "POST", "url": format!("{base}/envoy.service.auth.v3.Authorization/Check"),
-                             "body": b64(&grpc_frame(&check_request(&agent.cert))),
-                             "header": {"Content-Type": ["application/grpc"], "Te": ["trailers"]}});
-    let g_lat = attack(
-        &vegeta,
-        &dir,
-        "grpc",
-        std::slice::from_ref(&grpc_target),
-        &gateway,
-        &roots,
-        RATE,
-    );
-    let g_max = attack(&vegeta, &dir, "grpc-max", &[grpc_target], &gateway, &roots, "0");
+    let grpc_url = format!("{base}/envoy.service.auth.v3.Authorization/Check");
+    let grpc_body = grpc_frame(&check_request(&agent.cert));
+    let grpc_headers = [
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("authorization", bearer.as_str()),
+    ];
+    let g_lat = h2load(&h2l, &dir, "grpc", &grpc_url, &grpc_body, &grpc_headers, Some(RATE));
+    let g_max = h2load(&h2l, &dir, "grpc-max", &grpc_url, &grpc_body, &grpc_headers, None);
     let (_, metrics) = op.get("/metrics").await;
     let metrics = String::from_utf8_lossy(&metrics).to_string();
     let counted = |protocol: &str, result: &str| -> f64 {
@@ -472,12 +569,18 @@ async fn main() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    // Every request of those runs was a decision, and every decision an allow.
+    // Every request of those runs was a decision, and every decision an allow (gRPC
+    // answers 200 whatever the verdict, so the service's own count is the check).
     assert_eq!(counted("authorize", "denied"), 0.0, "{metrics}");
     assert_eq!(counted("ext_authz_grpc", "denied"), 0.0, "{metrics}");
+    let answered = |l: &Load| (l.requests as f64 * l.success).floor();
     assert!(
-        counted("ext_authz_grpc", "allowed")
-            >= ((g_lat.requests + g_max.requests) as f64 * g_max.success.min(g_lat.success)).floor()
+        counted("ext_authz_grpc", "allowed") >= answered(&g_lat) + answered(&g_max),
+        "{metrics}"
+    );
+    assert!(
+        counted("authorize", "allowed") >= answered(&a_lat) + answered(&a_max),
+        "{metrics}"
     );
     let rss_loaded = memory_kib(pid, "VmRSS:");
 
@@ -523,8 +626,7 @@ async fn main() {
         "destination": "api.github.com/repos/acme/widgets/issues", "sensitivity": 1,
         "intent": "triage the open issues", "arguments": {}}}))
     .unwrap();
-    let opa_target = json!({"method": "POST", "url": format!("http://127.0.0.1:{opa_port}/v1/data/mandate/authz/allow"),
-                            "body": b64(&opa_body), "header": {"Content-Type": ["application/json"]}});
+    let opa_url = format!("http://127.0.0.1:{opa_port}/v1/data/mandate/authz/allow");
     // OPA is up once it listens and answers allow.
     {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -535,16 +637,10 @@ async fn main() {
         let reply = http1_post(opa_port, "/v1/data/mandate/authz/allow", &opa_body).await;
         assert_eq!(reply["result"], true, "OPA allows the question");
     }
-    let o_lat = attack(
-        &vegeta,
-        &dir,
-        "opa",
-        std::slice::from_ref(&opa_target),
-        &gateway,
-        &roots,
-        RATE,
-    );
-    let o_max = attack(&vegeta, &dir, "opa-max", &[opa_target], &gateway, &roots, "0");
+    // Cleartext HTTP/2 (h2load speaks it with prior knowledge to an http:// URL).
+    let opa_headers = [("content-type", "application/json")];
+    let o_lat = h2load(&h2l, &dir, "opa", &opa_url, &opa_body, &opa_headers, Some(RATE));
+    let o_max = h2load(&h2l, &dir, "opa-max", &opa_url, &opa_body, &opa_headers, None);
     let opa_rss = opa_proc.id().map(|p| memory_kib(p, "VmRSS:")).unwrap_or(0);
     let _ = opa_proc.kill().await;
 
@@ -601,7 +697,7 @@ async fn main() {
         )
     };
     let report = format!(
-        "| run ({RUN} each; latency at {RATE}/s, throughput at {WORKERS} connections) | requests | p50 ms | p99 ms | decisions/s | 200s |\n|---|---|---|---|---|---|\n\
+        "| run ({RUN} each; h2load: latency at {RATE}/s over {H2_RATE_CLIENTS} connections, throughput at {H2_CLIENTS} connections x {H2_STREAMS} streams; Envoy: vegeta) | requests | p50 ms | p99 ms | decisions/s | 200s |\n|---|---|---|---|---|---|\n\
          {}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n\n\
          | measurement | n | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|\n{}\n\n\
          - {GRANTS} grants issued in {:.1} s; {} invoke policies in {POLICY_OBJECTS} AgentPolicies (plus the namespace's own permit)\n\

@@ -162,8 +162,15 @@ impl Service {
         answer
     }
 
+    /// Whether every watch has synced, the policies are built and the CA is usable.
+    fn synced(&self) -> bool {
+        self.indexes.ready.iter().all(|(_, r)| r.is_ready())
+            && self.indexes.policies.borrow().is_some()
+            && matches!(&*self.indexes.ca.borrow(), CaState::Ready(_))
+    }
+
     fn verdict(&self, caller: &Caller, named: &Named, call: &Call, now: Timestamp) -> (Verdict, String, String) {
-        let unsynced = self.unsynced();
+        let unsynced = if self.synced() { vec![] } else { self.unsynced() };
         if !unsynced.is_empty() {
             return (
                 Verdict::deny(
@@ -217,7 +224,7 @@ impl Service {
         (v, subject.serial.clone(), subject.spiffe_id.clone())
     }
 
-    fn subject(&self, caller: &Caller, named: &Named) -> Result<Subject, (Reason, String)> {
+    fn subject(&self, caller: &Caller, named: &Named) -> Result<Arc<Subject>, (Reason, String)> {
         if named.identity_claimed && !caller.is_proxy() {
             return Err((
                 Reason::UntrustedIdentityAssertion,
@@ -231,17 +238,16 @@ impl Service {
             return Err((Reason::NotReady, "the CA is not usable".to_string()));
         };
         if let Some(text) = named.certificate.as_deref().filter(|t| !t.is_empty()) {
-            let subject = self.subjects.subject(text, &trust, epoch)?;
-            if let Caller::AgentCertificate { der, .. } = caller {
-                let presented = super::subject::der_of(text);
-                if presented.as_deref() != Some(der.as_slice()) {
-                    return Err((
-                        Reason::CallerNotSubject,
-                        "an agent may only present its own certificate".to_string(),
-                    ));
-                }
+            let verified = self.subjects.subject(text, &trust, epoch)?;
+            if let Caller::AgentCertificate { der, .. } = caller
+                && *verified.der != *der.as_slice()
+            {
+                return Err((
+                    Reason::CallerNotSubject,
+                    "an agent may only present its own certificate".to_string(),
+                ));
             }
-            return Ok((*subject).clone());
+            return Ok(verified.subject);
         }
         if let Some((spiffe_id, serial)) = &named.asserted {
             if !caller.is_proxy() {
@@ -259,17 +265,17 @@ impl Service {
                     "an asserted identity needs both a SPIFFE ID and a serial".to_string(),
                 ));
             }
-            return Ok(Subject {
+            return Ok(Arc::new(Subject {
                 serial: serial.to_ascii_lowercase(),
                 spiffe_id: spiffe_id.clone(),
                 not_before: None,
                 not_after: None,
                 scope: None,
-            });
+            }));
         }
         if let Caller::AgentCertificate { der, .. } = caller {
             let pem = crate::pki::pem_encode_certificate(der);
-            return self.subjects.subject(&pem, &trust, epoch).map(|s| (*s).clone());
+            return self.subjects.subject(&pem, &trust, epoch).map(|v| v.subject);
         }
         Err((
             Reason::NoCertificate,

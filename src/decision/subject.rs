@@ -27,7 +27,14 @@ pub struct Trust {
     pub bundle_pem: String,
 }
 
-type Subjects = HashMap<Box<str>, Arc<Subject>>;
+/// A verified certificate: its subject, and its DER (to match the TLS peer's).
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub subject: Arc<Subject>,
+    pub der: Arc<[u8]>,
+}
+
+type Subjects = HashMap<Box<str>, Verified>;
 
 /// Verified subjects by certificate text.
 pub struct SubjectCache {
@@ -46,7 +53,7 @@ impl SubjectCache {
 
     /// The subject of `text` (PEM, or URL-encoded PEM as Envoy forwards it), verified
     /// against `trust` (whose generation is `epoch`).
-    pub fn subject(&self, text: &str, trust: &Trust, epoch: usize) -> Result<Arc<Subject>, (Reason, String)> {
+    pub fn subject(&self, text: &str, trust: &Trust, epoch: usize) -> Result<Verified, (Reason, String)> {
         {
             let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
             if inner.0 == epoch
@@ -55,7 +62,7 @@ impl SubjectCache {
                 return Ok(s.clone());
             }
         }
-        let subject = Arc::new(verify(text, trust)?);
+        let subject = verify(text, trust)?;
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if inner.0 != epoch {
             *inner = (epoch, HashMap::new());
@@ -82,13 +89,8 @@ fn pem_of(text: &str) -> Result<std::borrow::Cow<'_, str>, std::str::Utf8Error> 
     }
 }
 
-/// The DER of a presented certificate text, if it parses.
-pub fn der_of(text: &str) -> Option<Vec<u8>> {
-    pki::first_certificate_der(&pem_of(text).ok()?).ok()
-}
-
 /// Verifies one presented certificate (PEM or URL-encoded PEM) and reads its subject.
-pub fn verify(text: &str, trust: &Trust) -> Result<Subject, (Reason, String)> {
+pub fn verify(text: &str, trust: &Trust) -> Result<Verified, (Reason, String)> {
     let pem = pem_of(text).map_err(|e| {
         (
             Reason::MalformedCertificate,
@@ -116,11 +118,14 @@ pub fn verify(text: &str, trust: &Trust) -> Result<Subject, (Reason, String)> {
             "the certificate carries no Mandate grant scope".to_string(),
         ));
     };
-    Ok(Subject {
-        serial: info.serial_hex,
-        spiffe_id,
-        not_before: timestamp(info.not_before),
-        not_after: timestamp(info.not_after),
-        scope: Some(scope),
+    Ok(Verified {
+        subject: Arc::new(Subject {
+            serial: info.serial_hex,
+            spiffe_id,
+            not_before: timestamp(info.not_before),
+            not_after: timestamp(info.not_after),
+            scope: Some(scope),
+        }),
+        der: der.into(),
     })
 }
