@@ -66,14 +66,14 @@ e2e:
 
 ## make bench: policy decision latency (no cluster), then issuance and revocation on
 ## the local control plane, then revocation with 100,000 entries in the ledger, then
-## request-time decisions under load (10,000 grants, 1,000 policies; vegeta, OPA and
+## request-time decisions under load (10,000 grants, 1,000 policies; h2load, vegeta, OPA and
 ## Envoy built or installed from the registries); results in target/bench/ (copied into
 ## docs/benchmarks.md by hand, with the machine noted).
 bench:
 	$(CARGO) bench --locked --bench policy
 	e2e/with-cluster.sh $(CARGO) bench --locked --bench issuance
 	e2e/with-cluster.sh $(CARGO) bench --locked --bench ledger
-	export MANDATE_ENVOY=$$(hack/tools/envoy.sh) MANDATE_VEGETA=$$(hack/tools/vegeta.sh) MANDATE_OPA=$$(hack/tools/opa.sh); \
+	export MANDATE_ENVOY=$$(hack/tools/envoy.sh) MANDATE_VEGETA=$$(hack/tools/vegeta.sh) MANDATE_H2LOAD=$$(hack/tools/h2load.sh) MANDATE_OPA=$$(hack/tools/opa.sh); \
 	e2e/with-cluster.sh $(CARGO) bench --locked --bench authorize
 
 controlplane:
