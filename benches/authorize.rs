@@ -263,32 +263,6 @@ fn h2load(
     }
 }
 
-/// A token of the gateway's ServiceAccount (created here) for Mandate's audience.
-async fn gateway_token(client: &kube::Client, ns: &str) -> String {
-    use k8s_openapi::api::{
-        authentication::v1::{TokenRequest, TokenRequestSpec},
-        core::v1::ServiceAccount,
-    };
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": GATEWAY_SA}})).unwrap();
-    sas.create(&kube::api::PostParams::default(), &sa)
-        .await
-        .expect("the gateway's ServiceAccount");
-    let req = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec!["mandate.dev".into()]),
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let got: TokenRequest = sas
-        .create_subresource("token", GATEWAY_SA, &kube::api::PostParams::default(), &req)
-        .await
-        .expect("a token");
-    got.status.and_then(|s| s.token).expect("a token in the status")
-}
-
 /// A gRPC unary request body: the 5-byte frame header and the message.
 fn grpc_frame(msg: &impl Message) -> Vec<u8> {
     let body = msg.encode_to_vec();
@@ -528,7 +502,7 @@ async fn main() {
     }
     let base = format!("https://localhost:{}", op.decision_port);
 
-    let token = gateway_token(&client, &ns.name).await;
+    let token = support::service_account_token(&ns.api(), GATEWAY_SA).await;
     let bearer = format!("Bearer {token}");
 
     phase("POST /v1/authorize");

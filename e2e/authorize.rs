@@ -3,10 +3,7 @@
 //! denial with its own reason, and the audit trail of a task. The same decisions
 //! through a real Envoy are in `envoy.rs`.
 
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::{Secret, ServiceAccount},
-};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use mandate::api::GrantPhase;
 use serde_json::{Value, json};
@@ -192,22 +189,7 @@ impl Setup {
 
     /// A token of ServiceAccount `name` (created if needed) for Mandate's audience.
     pub(crate) async fn token(&self, name: &str) -> String {
-        let sas = self.f.ns.api::<ServiceAccount>();
-        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        let _ = sas.create(&PostParams::default(), &sa).await;
-        let req = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                audiences: Some(vec!["mandate.dev".into()]),
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let got: TokenRequest = sas
-            .create_subresource("token", name, &PostParams::default(), &req)
-            .await
-            .expect("a token");
-        got.status.and_then(|s| s.token).expect("a token in the status")
+        crate::support::service_account_token(&self.f.ns.api::<ServiceAccount>(), name).await
     }
 }
 

@@ -205,6 +205,28 @@ pub async fn agent_policy(ns: &TestNamespace, name: &str, mode: &str, text: &str
 pub const PERMIT_ALL: &str = r#"@id("permit-all")
 permit (principal, action == Mandate::Action::"issue", resource);"#;
 
+/// A token of ServiceAccount `name` in `sas`'s namespace (created if needed) for
+/// Mandate's decision API audience, valid for an hour.
+pub async fn service_account_token(sas: &Api<k8s_openapi::api::core::v1::ServiceAccount>, name: &str) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    let _ = sas.create(&kube::api::PostParams::default(), &sa).await;
+    let req = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec!["mandate.dev".into()]),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let got: TokenRequest = sas
+        .create_subresource("token", name, &kube::api::PostParams::default(), &req)
+        .await
+        .expect("a token");
+    got.status.and_then(|s| s.token).expect("a token in the status")
+}
+
 /// A client acting as `user` (impersonated by the admin), in `system:masters` so RBAC
 /// does not get in the way: what the tests look at is who Mandate records.
 pub async fn client_as(user: &str) -> Client {
