@@ -92,22 +92,22 @@ impl Service {
         }
     }
 
-    /// The watches that have not synced yet (empty when ready).
-    pub fn unsynced(&self) -> Vec<&'static str> {
-        let mut out: Vec<&'static str> = self
+    /// What has not synced yet: watches, the policy store, the CA (none when ready).
+    fn pending(&self) -> impl Iterator<Item = &'static str> + '_ {
+        let watches = self
             .indexes
             .ready
             .iter()
             .filter(|(_, r)| !r.is_ready())
-            .map(|(n, _)| *n)
-            .collect();
-        if self.indexes.policies.borrow().is_none() {
-            out.push("policies");
-        }
-        if !matches!(&*self.indexes.ca.borrow(), CaState::Ready(_)) {
-            out.push("ca");
-        }
-        out
+            .map(|(n, _)| *n);
+        let policies = self.indexes.policies.borrow().is_none().then_some("policies");
+        let ca = (!matches!(&*self.indexes.ca.borrow(), CaState::Ready(_))).then_some("ca");
+        watches.chain(policies).chain(ca)
+    }
+
+    /// The watches that have not synced yet (empty when ready).
+    pub fn unsynced(&self) -> Vec<&'static str> {
+        self.pending().collect()
     }
 
     /// The trust bundle (and its generation), rebuilt when the CA changed.
@@ -162,15 +162,13 @@ impl Service {
         answer
     }
 
-    /// Whether every watch has synced, the policies are built and the CA is usable.
-    fn synced(&self) -> bool {
-        self.indexes.ready.iter().all(|(_, r)| r.is_ready())
-            && self.indexes.policies.borrow().is_some()
-            && matches!(&*self.indexes.ca.borrow(), CaState::Ready(_))
-    }
-
     fn verdict(&self, caller: &Caller, named: &Named, call: &Call, now: Timestamp) -> (Verdict, String, String) {
-        let unsynced = if self.synced() { vec![] } else { self.unsynced() };
+        // Allocates only when something is pending.
+        let unsynced = if self.pending().next().is_none() {
+            vec![]
+        } else {
+            self.unsynced()
+        };
         if !unsynced.is_empty() {
             return (
                 Verdict::deny(
