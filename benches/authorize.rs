@@ -57,10 +57,17 @@ const ENVOY_RATE: &str = "500";
 /// h2load at saturation: connections, and concurrent streams on each.
 const H2_CLIENTS: usize = 8;
 const H2_STREAMS: usize = 16;
-/// h2load at the fixed rate: connections sharing it.
-const H2_RATE_CLIENTS: u32 = 4;
+/// h2load at a fixed rate: the rate of each connection. h2load's `--rps` timer fires
+/// at most every 10 ms and then sends every request due at once, so a connection at
+/// 500/s sends bursts of 5 (and 4 of them, started together, bursts of 20 every 10 ms:
+/// a queue test, not a rate). At 100/s a connection sends one request per tick, and
+/// connections started 1 ms apart spread the ticks over the 10 ms.
+const H2_RATE_PER_CLIENT: u32 = 100;
 /// The fixed rate latency is measured at (below saturation, as a gateway runs).
 const RATE: u32 = 2000;
+/// The first second of a fixed-rate run is its warm-up (h2load's `--warm-up-time` is
+/// not available with staggered connections).
+const WARM_UP_US: u64 = 1_000_000;
 /// The ServiceAccount the load generator calls the decision service as: a trusted
 /// proxy, authenticated by its token (h2load presents no client certificates).
 const GATEWAY_SA: &str = "bench-gateway";
@@ -189,10 +196,11 @@ fn h2load(
     let body_file = dir.join(format!("{name}.body"));
     std::fs::write(&body_file, body).unwrap();
     let log = dir.join(format!("{name}.log"));
+    // h2load appends to its log: a log left by an earlier run would count twice.
+    let _ = std::fs::remove_file(&log);
+    let seconds: u32 = RUN.trim_end_matches('s').parse().unwrap();
     let mut args = vec![
         "-t1".to_string(),
-        format!("-D{}", RUN.trim_end_matches('s')),
-        "--warm-up-time=1".into(),
         format!("-d{}", body_file.display()),
         format!("--log-file={}", log.display()),
     ];
@@ -201,12 +209,20 @@ fn h2load(
     }
     match rate {
         Some(rate) => {
-            // A fixed rate: spread over a few connections, each at its share.
-            args.push(format!("-c{H2_RATE_CLIENTS}"));
-            args.push("-m8".into());
-            args.push(format!("--rps={}", rate / H2_RATE_CLIENTS));
+            // A fixed rate: connections at H2_RATE_PER_CLIENT each, started 1 ms apart
+            // (`-r` creates one per period; it needs a request count, not a duration),
+            // for the run and a second of warm-up.
+            let clients = rate / H2_RATE_PER_CLIENT;
+            args.push(format!("-n{}", u64::from(rate) * u64::from(seconds + 1)));
+            args.push(format!("-c{clients}"));
+            args.push("-m4".into());
+            args.push(format!("--rps={H2_RATE_PER_CLIENT}"));
+            args.push("-r1".into());
+            args.push("--rate-period=1ms".into());
         }
         None => {
+            args.push(format!("-D{seconds}"));
+            args.push("--warm-up-time=1".into());
             args.push(format!("-c{H2_CLIENTS}"));
             args.push(format!("-m{H2_STREAMS}"));
         }
@@ -232,15 +248,27 @@ fn h2load(
         })
         .unwrap_or_else(|| panic!("h2load {name}: no throughput in its report: {text}"));
     // One line per request: start (µs since the epoch), status (-1: failed), µs taken.
+    let lines: Vec<(u64, String, u64)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            let mut cols = line.split('\t');
+            let start = cols.next()?.parse().ok()?;
+            let status = cols.next()?.to_string();
+            Some((start, status, cols.next()?.parse().ok()?))
+        })
+        .collect();
+    // A fixed-rate run measures after its warm-up second (a saturation run's log
+    // starts after h2load's own warm-up).
+    let from = match rate {
+        Some(_) => lines.iter().map(|l| l.0).min().unwrap_or(0) + WARM_UP_US,
+        None => 0,
+    };
     let mut ok = 0u64;
     let mut micros: Vec<u64> = vec![];
-    for line in std::fs::read_to_string(&log).unwrap().lines() {
-        let cols: Vec<&str> = line.split('\t').collect();
-        let (Some(status), Some(us)) = (cols.get(1), cols.get(2).and_then(|u| u.parse::<u64>().ok())) else {
-            continue;
-        };
-        micros.push(us);
-        if *status == "200" {
+    for (_, status, us) in lines.iter().filter(|l| l.0 >= from) {
+        micros.push(*us);
+        if status == "200" {
             ok += 1;
         }
     }
@@ -507,6 +535,16 @@ async fn main() {
 
     phase("POST /v1/authorize");
     let body = serde_json::to_vec(&authorize_body(&agent.cert)).unwrap();
+    // MANDATE_BENCH_PAUSE: for profiling by hand against the filled operator (perf,
+    // other h2load shapes): writes the URL, a token and the pid to pause.env and waits
+    // for a `resume` file. Unset in `make bench`.
+    if std::env::var_os("MANDATE_BENCH_PAUSE").is_some() {
+        std::fs::write(dir.join("authorize.body"), &body).unwrap();
+        std::fs::write(dir.join("pause.env"), format!("URL={base}\nTOKEN={token}\nPID={pid}\n")).unwrap();
+        while !dir.join("resume").exists() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     let authorize_url = format!("{base}/v1/authorize");
     let json_headers = [("content-type", "application/json"), ("authorization", bearer.as_str())];
     let a_lat = h2load(
@@ -671,13 +709,14 @@ async fn main() {
         )
     };
     let report = format!(
-        "| run ({RUN} each; h2load: latency at {RATE}/s over {H2_RATE_CLIENTS} connections, throughput at {H2_CLIENTS} connections x {H2_STREAMS} streams; Envoy: vegeta) | requests | p50 ms | p99 ms | decisions/s | 200s |\n|---|---|---|---|---|---|\n\
+        "| run ({RUN} each; h2load: latency at {RATE}/s over {} connections at {H2_RATE_PER_CLIENT}/s started 1 ms apart, throughput at {H2_CLIENTS} connections x {H2_STREAMS} streams; Envoy: vegeta) | requests | p50 ms | p99 ms | decisions/s | 200s |\n|---|---|---|---|---|---|\n\
          {}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n\n\
          | measurement | n | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|\n{}\n\n\
          - {GRANTS} grants issued in {:.1} s; {} invoke policies in {POLICY_OBJECTS} AgentPolicies (plus the namespace's own permit)\n\
          - Mandate vs OPA, throughput at saturation: **/v1/authorize {:.2}x, gRPC ext_authz {:.2}x**; p99 at {RATE}/s: /v1/authorize {:.3} ms vs OPA {:.3} ms\n\
          - Envoy + Mandate ext_authz adds **{:.3} ms at p50, {:.3} ms at p99** over the same Envoy without it\n\
          - operator resident memory: **{:.1} MiB at {GRANTS} grants** (after issuance), {:.1} MiB after the load runs, peak {:.1} MiB; OPA with the same grants as data: {:.1} MiB\n",
+        RATE / H2_RATE_PER_CLIENT,
         row("POST /v1/authorize (Mandate), fixed rate", &a_lat),
         row("POST /v1/authorize (Mandate), saturation", &a_max),
         row("gRPC ext_authz Check (Mandate), fixed rate", &g_lat),
