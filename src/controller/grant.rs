@@ -20,17 +20,17 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams},
     runtime::{
-        controller::Action,
         events::{Event, EventType},
         reflector::ObjectRef,
     },
 };
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use super::{
     Context, Error, decision,
     ledger::{self, Published},
+    queue::WorkQueue,
     trail,
     written::CachedGrant,
 };
@@ -73,8 +73,8 @@ fn observe_secret(grant: &ToolGrant, secret: Option<&GrantSecret>) -> SecretObs 
         // Renewal time is stored beside the certificate (it carries the jitter); if it is
         // missing, fall back to two thirds of the lifetime.
         let renew_at = secret
-            .annotations()
-            .get(ANN_RENEW_AT)
+            .renew_at
+            .as_deref()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| c.not_before + c.not_before.duration_until(c.not_after).mul_f64(2.0 / 3.0));
         LiveCert {
@@ -161,15 +161,41 @@ async fn fetch_identity(ctx: &Context, grant: &ToolGrant, ns: &str) -> Result<Op
     })
 }
 
-pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// When a grant is next reconciled if nothing about it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// On its next change (or that of something it depends on).
+    OnChange,
+    /// After this long: a renewal, a deadline, a retry.
+    After(Duration),
+}
+
+/// One of the grant controller's workers: reconciles the keys the queue hands it, in
+/// the queue's order, until the queue closes. A key is reconciled from the cache as it
+/// is when its turn comes, not as it was when it was queued.
+pub async fn work(queue: Arc<WorkQueue>, ctx: Arc<Context>) {
+    while let Some(key) = queue.next().await {
+        let next = match ctx.grants.get(&key) {
+            // Gone from the cache: deleted for good (a grant with certificates to
+            // revoke is held by its finalizer, and the sweeper covers one without).
+            None => Next::OnChange,
+            Some(grant) => {
+                let span = tracing::info_span!("reconciling object", "object.ref" = %key);
+                match reconcile(grant.clone(), ctx.clone()).instrument(span).await {
+                    Ok(next) => next,
+                    Err(e) => Next::After(super::retry_after(grant.as_ref(), &e, &ctx)),
+                }
+            }
+        };
+        queue.done(&key);
+        if let Next::After(after) = next {
+            queue.add_after(key, after);
+        }
+    }
+}
+
+pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Next, Error> {
     let uid = cached.uid().unwrap_or_default();
-    // Waiting for a turn does not count against the reconcile's deadline.
-    let _turn = ctx
-        .fair
-        .acquire(cached.namespace().as_deref().unwrap_or_default())
-        .await;
-    // Boxed only once it may run: a reconcile waiting for its turn (thousands, in a
-    // flood) then holds a few words, not the whole reconcile's state machine.
     let res = super::within_deadline(Box::pin(reconcile_grant(cached.clone(), &ctx))).await;
     super::succeeded(&ctx, cached.as_ref(), &res);
     if res.is_err() {
@@ -238,7 +264,7 @@ async fn fetch_secret(
         .map_err(|source| Error::FetchSecret { name, source })
 }
 
-async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<Action, Error> {
+async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<Next, Error> {
     let ctx = ctx.clone();
     let ns = cached.namespace().ok_or(Error::MissingNamespace)?;
     let name = cached.name_any();
@@ -250,14 +276,14 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
     // Fetch.
     let grant = match fetch_grant(&ctx, &grants, &cached).await? {
         Fetched::Grant(g) => *g,
-        Fetched::Gone | Fetched::Behind => return Ok(Action::await_change()),
+        Fetched::Gone | Fetched::Behind => return Ok(Next::OnChange),
     };
     let identity = fetch_identity(&ctx, &grant, &ns).await?;
     let task = fetch_task(&ctx, &grant, &ns).await?;
     let secret = fetch_secret(&ctx, &grant_secrets, &grant, &ns).await?;
     // Which serials this grant object has: never decided from half a record.
     if !ctx.records_ready.wait().await {
-        return Ok(Action::await_change());
+        return Ok(Next::OnChange);
     }
     let records = ctx.ledger.records().for_grant(&grant.uid().unwrap_or_default());
     let ca_state = ctx.ca.borrow().clone();
@@ -341,7 +367,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
     // is announced (`grant_status`).
     // A new decision is announced right after the status that stores it is written
     // (and not for a revocation, whose status does not take it).
-    let applied: Result<Action, Error> = async { match plan {
+    let applied: Result<Next, Error> = async { match plan {
         Plan::Issue {
             lifetime,
             why,
@@ -363,7 +389,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             // signed that could not be revoked where relying parties look. The health
             // change re-runs every grant, and this one is then held with the reason.
             if matches!(ctx.ledger.health(), ledger::Health::Unavailable { .. }) {
-                return Ok(Action::requeue(Duration::from_millis(200)));
+                return Ok(Next::After(Duration::from_millis(200)));
             }
             let spiffe_id =
                 SpiffeId::for_agent(&ctx.trust_domain, &ns, &identity.name_any()).map_err(Error::SpiffeId)?;
@@ -454,7 +480,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                 now,
             );
             announce(&ctx, &grant, draft.announcement).await;
-            Ok(Action::requeue(until(now, lifetime.renew_at)))
+            Ok(Next::After(until(now, lifetime.renew_at)))
         }
         Plan::Revoke {
             phase,
@@ -485,7 +511,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
             }
             announce(&ctx, &grant, draft.announcement).await;
             remove_finalizer(&ctx, &grants, &grant).await?;
-            Ok(Action::await_change())
+            Ok(Next::OnChange)
         }
         Plan::Withhold {
             phase,
@@ -511,7 +537,7 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                       revoked = ?serials, phase = ?phase, "grant withheld");
             }
             announce(&ctx, &grant, draft.announcement).await;
-            Ok(Action::await_change())
+            Ok(Next::OnChange)
         }
         Plan::Hold {
             phase,
@@ -548,8 +574,8 @@ async fn reconcile_grant(cached: Arc<ToolGrant>, ctx: &Arc<Context>) -> Result<A
                 remove_finalizer(&ctx, &grants, &grant).await?;
             }
             Ok(match requeue_at {
-                Some(t) => Action::requeue(until(now, t)),
-                None => Action::await_change(),
+                Some(t) => Next::After(until(now, t)),
+                None => Next::OnChange,
             })
         }
     } }

@@ -29,7 +29,7 @@ use super::ledger::{self, Ledger, Published};
 use crate::{
     api::{
         CertificateRecord, RecordedGrant, RecordedTask, RevocationCause, ToolGrant,
-        names::{ANN_SERIAL, LABEL_GRANT, RECORD_FINALIZER},
+        names::{LABEL_GRANT, RECORD_FINALIZER},
     },
     state::{cached::GrantSecret, ready::Ready, records::RecordFacts},
 };
@@ -126,12 +126,8 @@ impl Sweeper {
                 _ = tick.tick() => None,
             };
             let now = Timestamp::now();
-            let held: std::collections::HashSet<String> = self
-                .secrets
-                .state()
-                .iter()
-                .filter_map(|s| s.annotations().get(ANN_SERIAL).cloned())
-                .collect();
+            let held: std::collections::HashSet<String> =
+                self.secrets.state().iter().filter_map(|s| s.serial.clone()).collect();
             // Judged where they are: only the records that need something are copied out.
             let needs = |r: &RecordFacts| {
                 self.ours(r) && judge(r, self.grant_cached(r), held.contains(&r.serial), now) != Verdict::Keep
@@ -244,7 +240,7 @@ impl Sweeper {
         let vanished = |s: &GrantSecret| {
             let controller = s.owner_references().iter().find(|o| o.controller == Some(true));
             controller.is_none_or(|o| o.uid == r.grant_uid)
-                && s.annotations().get(ANN_SERIAL).is_some_and(|serial| {
+                && s.serial.as_deref().is_some_and(|serial| {
                     self.ledger
                         .records()
                         .get(serial)

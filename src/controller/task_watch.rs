@@ -97,13 +97,11 @@ impl TaskWatches {
     }
 
     fn trigger(&self, ar: &ApiResource, task: &DynamicObject) {
-        let (ns, name) = (task.namespace(), task.name_any());
-        for g in self.grants.state().iter().filter(|g| {
-            let r = &g.spec.task_ref;
-            g.namespace() == ns && r.name == name && r.kind == ar.kind && r.api_version == ar.api_version
-        }) {
+        let name = task.name_any();
+        let ns = task.metadata.namespace.as_deref();
+        for g in super::grants_for_task(&self.grants, &ar.api_version, &ar.kind, ns, &name) {
             // The receiver lives as long as the grant controller.
-            let _ = self.triggers.send(ObjectRef::from_obj(g.as_ref()));
+            let _ = self.triggers.send(g);
         }
     }
 }

@@ -25,8 +25,8 @@ use crate::{
     },
     cli::RunArgs,
     controller::{
-        Context, api_for, backoff, ca, error_policy, fair, grant, grants_for_task, identity, ledger, policy,
-        spec_changes, succeeded, sweeper, task_watch, within_deadline, written,
+        Context, api_for, backoff, ca, error_policy, grant, grants_for_task, grants_where, identity, ledger, policy,
+        queue, spec_changes, succeeded, sweeper, task_watch, within_deadline, written,
     },
     decide::task::FinishedConditions,
     spiffe,
@@ -79,6 +79,44 @@ fn dedicated_runtime(
         .name(name.to_string())
         .spawn(move || runtime.block_on(server))?;
     Ok(())
+}
+
+/// A watch's objects as the grant keys they trigger. A watch error is logged (the
+/// watch itself retries, with backoff) and triggers nothing.
+fn keys<T: 'static>(
+    watch: &'static str,
+    objects: impl futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+    mut to_keys: impl FnMut(T) -> Vec<ObjectRef<ToolGrant>> + Send + 'static,
+) -> futures::stream::BoxStream<'static, Vec<ObjectRef<ToolGrant>>> {
+    objects
+        .filter_map(move |event| {
+            futures::future::ready(match event {
+                Ok(obj) => Some(to_keys(obj)),
+                Err(e) => {
+                    warn!(watch, error = %e, "watch failed; retrying");
+                    None
+                }
+            })
+        })
+        .boxed()
+}
+
+/// SIGINT or SIGTERM, as kube's controllers stop on.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            // Without a handler only SIGINT stops us gracefully; SIGTERM still ends the
+            // process, as it would without any handler.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
 }
 
 /// Runs the controllers until SIGINT or SIGTERM.
@@ -235,10 +273,6 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             }
         })
         .applied_objects();
-    let grant_controller = Controller::for_stream(grant_events, grant_store.clone())
-        // Unbounded here: `ctx.fair` bounds how many run, and orders them fairly across
-        // namespaces, which the controller's own queue (first scheduled, first run) cannot.
-        .with_config(kube::runtime::controller::Config::default().concurrency(0));
     let identity_controller = Controller::new(api_for::<AgentIdentity>(&client, ns), watcher::Config::default())
         // A burst of grant changes for one identity becomes one status update.
         .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)));
@@ -293,7 +327,6 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let (task_tx, mut task_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<ToolGrant>>();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        fair: fair::FairGate::new(usize::from(args.grant_concurrency)),
         recorder,
         trust_domain: args.trust_domain.clone(),
         ca: ca_rx,
@@ -417,26 +450,30 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
         .run(deleted_rx),
     );
+    // The grant controller: every trigger queues grant keys, and a fixed number of
+    // workers take them namespace by namespace (see `controller::queue`).
+    let queue = queue::WorkQueue::new();
     let s4 = ctx.grants.clone();
-    let grant_controller = grant_controller
-        .reconcile_on(futures::stream::poll_fn(move |cx| task_rx.poll_recv(cx)))
-        .reconcile_all_on(futures::stream::select(
-            futures::stream::select(ca_changes, policy_changes),
-            ledger_changes,
-        ))
-        .watches_stream(approvals, move |a: ToolGrantApproval| {
-            let ns = a.namespace();
-            s4.state()
-                .iter()
-                .filter(|g| g.namespace() == ns && g.name_any() == a.spec.grant_name)
-                .map(|g| ObjectRef::from_obj(g.as_ref()))
-                .collect::<Vec<_>>()
-        })
+    let s5 = ctx.grants.clone();
+    let all_grants = move |()| s5.state().iter().map(|g| ObjectRef::from_obj(g.as_ref())).collect();
+    let grant_triggers = futures::stream::select_all([
+        keys("toolgrants", grant_events, |g: ToolGrant| vec![ObjectRef::from_obj(&g)]),
+        futures::stream::poll_fn(move |cx| task_rx.poll_recv(cx))
+            .map(|g| vec![g])
+            .boxed(),
+        futures::stream::select(futures::stream::select(ca_changes, policy_changes), ledger_changes)
+            .map(all_grants)
+            .boxed(),
+        keys("toolgrantapprovals", approvals, move |a: ToolGrantApproval| {
+            grants_where(&s4, a.metadata.namespace.as_deref(), |g| {
+                g.metadata.name.as_deref() == Some(a.spec.grant_name.as_str())
+            })
+        }),
         // A grant Secret triggers its controlling grant, and also the grant its label
         // names: after a grant vanished and a new one of the same name is waiting on
         // its predecessor's Secret, that Secret's deletion must reach the new grant,
         // which does not own it.
-        .watches_stream(secrets, |s: GrantSecret| {
+        keys("secrets", secrets, |s: GrantSecret| {
             let ns = s.namespace().unwrap_or_default();
             let mut names: Vec<String> = s
                 .owner_references()
@@ -444,36 +481,60 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 .filter(|o| o.controller == Some(true) && o.kind == "ToolGrant")
                 .map(|o| o.name.clone())
                 .collect();
-            if let Some(label) = s.labels().get(LABEL_GRANT)
-                && !names.contains(label)
+            if let Some(label) = s.grant_label
+                && !names.contains(&label)
             {
-                names.push(label.clone());
+                names.push(label);
             }
-            names
-                .into_iter()
-                .map(|n| ObjectRef::new(&n).within(&ns))
-                .collect::<Vec<_>>()
-        })
-        .watches_stream(jobs.touched_objects(), move |job: JobTask| {
-            grants_for_task(&s1, "batch/v1", "Job", job.namespace(), &job.name_any())
-        })
-        .watches_stream(pods.touched_objects(), move |pod: PodTask| {
-            grants_for_task(&s2, "v1", "Pod", pod.namespace(), &pod.name_any())
-        })
-        .watches_stream(spec_changes(identities), move |id: AgentIdentity| {
-            s3.state()
-                .iter()
-                .filter(|g| g.namespace() == id.namespace() && g.spec.identity_ref.name == id.name_any())
-                .map(|g| ObjectRef::from_obj(g.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .shutdown_on_signal()
-        .run(grant::reconcile, error_policy, ctx.clone())
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "grant reconcile failed");
+            names.into_iter().map(|n| ObjectRef::new(&n).within(&ns)).collect()
+        }),
+        keys("jobs", jobs.touched_objects(), move |job: JobTask| {
+            grants_for_task(
+                &s1,
+                "batch/v1",
+                "Job",
+                job.metadata.namespace.as_deref(),
+                &job.name_any(),
+            )
+        }),
+        keys("pods", pods.touched_objects(), move |pod: PodTask| {
+            grants_for_task(&s2, "v1", "Pod", pod.metadata.namespace.as_deref(), &pod.name_any())
+        }),
+        keys("agentidentities", spec_changes(identities), move |id: AgentIdentity| {
+            grants_where(&s3, id.metadata.namespace.as_deref(), |g| {
+                Some(g.spec.identity_ref.name.as_str()) == id.metadata.name.as_deref()
+            })
+        }),
+    ]);
+    let grant_controller = {
+        let (queue, ctx, store, workers) = (queue.clone(), ctx.clone(), grant_store.clone(), args.grant_concurrency);
+        async move {
+            let q = queue.clone();
+            let pump = grant_triggers.for_each(move |keys| {
+                for key in keys {
+                    q.add(key);
+                }
+                futures::future::ready(())
+            });
+            // As kube's controller does: nothing runs before the grant cache is filled.
+            let workers = async {
+                if store.wait_until_ready().await.is_err() {
+                    return;
+                }
+                let spawned = (0..workers).map(|_| tokio::spawn(grant::work(queue.clone(), ctx.clone())));
+                futures::future::join_all(spawned.collect::<Vec<_>>()).await;
+            };
+            tokio::pin!(workers);
+            tokio::select! {
+                () = pump => warn!("grant triggers ended"),
+                () = shutdown_signal() => info!("stopping: finishing the grant reconciles under way"),
+                () = &mut workers => {}
             }
-        });
+            // Workers finish the reconcile they are in, then stop.
+            queue.close();
+            workers.await;
+        }
+    };
 
     let identity_triggers = futures::stream::unfold(identity_rx, |mut rx| async move {
         rx.recv().await.map(|identity| (identity, rx))

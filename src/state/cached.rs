@@ -166,12 +166,24 @@ pub struct CertFacts {
 }
 
 /// A grant Secret as the caches (and the grant controller's reads) keep it: its
-/// identity, owner, the labels and annotations Mandate set, and its certificate's
-/// facts (`None`: no `tls.crt`, or one that is no certificate of ours with a scope).
+/// identity, owner, the one label and two annotations Mandate reads, and its
+/// certificate's facts (`None`: no `tls.crt`, or one that is no certificate of ours
+/// with a scope).
+///
+/// The label and annotations are fields, not maps in `metadata`: a `BTreeMap` holds
+/// its entries in a node of eleven, about 540 bytes however few it holds, so the two
+/// maps cost a kilobyte per Secret (10 MiB at 10,000 grants) to hold three strings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(from = "RawSecret")]
 pub struct GrantSecret {
+    /// Name, namespace, UID, resource version and the controlling owner only.
     pub metadata: ObjectMeta,
+    /// The `mandate.dev/grant` label: the grant (by name) the Secret was written for.
+    pub grant_label: Option<String>,
+    /// The serial annotation: the certificate the Secret holds, as Mandate wrote it.
+    pub serial: Option<String>,
+    /// The renew-at annotation, as written (RFC 3339).
+    pub renew_at: Option<String>,
     pub cert: Option<CertFacts>,
 }
 
@@ -192,15 +204,10 @@ struct RawSecretData {
 
 impl From<RawSecret> for GrantSecret {
     fn from(raw: RawSecret) -> Self {
-        let m = raw.metadata;
-        let keep = |map: Option<std::collections::BTreeMap<String, String>>, keys: &[&str]| {
-            let kept: std::collections::BTreeMap<String, String> = map
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|(k, _)| keys.contains(&k.as_str()))
-                .collect();
-            (!kept.is_empty()).then_some(kept)
-        };
+        let mut m = raw.metadata;
+        let mut annotation = |key: &str| m.annotations.as_mut().and_then(|a| a.remove(key));
+        let (serial, renew_at) = (annotation(ANN_SERIAL), annotation(ANN_RENEW_AT));
+        let grant_label = m.labels.as_mut().and_then(|l| l.remove(LABEL_GRANT));
         let owners: Vec<_> = m
             .owner_references
             .unwrap_or_default()
@@ -212,8 +219,6 @@ impl From<RawSecret> for GrantSecret {
             namespace: m.namespace,
             uid: m.uid,
             resource_version: m.resource_version,
-            labels: keep(m.labels, &[LABEL_GRANT]),
-            annotations: keep(m.annotations, &[ANN_SERIAL, ANN_RENEW_AT]),
             owner_references: (!owners.is_empty()).then_some(owners),
             ..Default::default()
         };
@@ -233,7 +238,13 @@ impl From<RawSecret> for GrantSecret {
                     task_uid: scope.task_uid,
                 })
             });
-        GrantSecret { metadata, cert }
+        GrantSecret {
+            metadata,
+            grant_label,
+            serial,
+            renew_at,
+            cert,
+        }
     }
 }
 
@@ -287,8 +298,14 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(!shown.contains("PRIVATE") && !shown.contains("c2VjcmV0"), "{shown}");
         assert_eq!(s.cert, None, "an unreadable tls.crt is no certificate");
-        assert_eq!(s.metadata.labels.as_ref().unwrap().len(), 1);
-        assert_eq!(s.metadata.annotations.as_ref().unwrap().len(), 1);
+        assert_eq!(s.grant_label.as_deref(), Some("g"));
+        assert_eq!(s.serial.as_deref(), Some("ab"));
+        assert_eq!(s.renew_at, None);
+        assert!(
+            s.metadata.labels.is_none() && s.metadata.annotations.is_none(),
+            "no maps are kept: {:?}",
+            s.metadata
+        );
         assert_eq!(
             s.metadata.owner_references.as_ref().unwrap().len(),
             1,
