@@ -121,14 +121,8 @@ async fn fetch_task(ctx: &Context, grant: &ToolGrant, ns: &str) -> Result<Option
     let r = &grant.spec.task_ref;
     let kind = TaskKind::of(&r.api_version, &r.kind);
     let cached = match kind {
-        TaskKind::Job => ctx
-            .jobs
-            .get(&ObjectRef::new(&r.name).within(ns))
-            .map(|j| j.state.clone()),
-        TaskKind::Pod => ctx
-            .pods
-            .get(&ObjectRef::new(&r.name).within(ns))
-            .map(|p| p.state.clone()),
+        TaskKind::Job => ctx.jobs.get(ns, &r.name),
+        TaskKind::Pod => ctx.pods.get(ns, &r.name),
         TaskKind::Generic => None,
     };
     if let Some(state) = cached {
@@ -251,13 +245,14 @@ async fn fetch_secret(
     let name = secret_name(grant);
     let uid = grant.uid().unwrap_or_default();
     let ready = ctx.secrets_ready.wait().await;
-    let cached = ctx.secrets.get(&ObjectRef::new(&name).within(ns));
+    let cached = ctx.secrets.get(ns, &name);
     if ready
-        && ctx
-            .written
-            .secret_is_current(&uid, cached.as_ref().and_then(|s| s.resource_version()).as_deref())
+        && ctx.written.secret_is_current(
+            &uid,
+            cached.as_ref().and_then(|s| s.metadata.resource_version.as_deref()),
+        )
     {
-        return Ok(cached.map(|s| s.as_ref().clone()));
+        return Ok(cached);
     }
     api.get_opt(&name)
         .await

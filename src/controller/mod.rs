@@ -171,10 +171,10 @@ pub struct Context {
     /// anything is revoked, so a cache that lags can delay but never wrongly revoke.
     pub grants: Store<ToolGrant>,
     pub identities: Store<AgentIdentity>,
-    pub jobs: Store<crate::state::cached::JobTask>,
-    pub pods: Store<crate::state::cached::PodTask>,
+    pub jobs: crate::state::tasks::TaskStore,
+    pub pods: crate::state::tasks::TaskStore,
     /// Grant Secrets (labelled `mandate.dev/grant`), without their private keys.
-    pub secrets: Store<crate::state::cached::GrantSecret>,
+    pub secrets: crate::state::cached::SecretStore,
     /// Whether `secrets` holds its initial list (see `ready` for why not the store's own).
     pub secrets_ready: crate::state::ready::Ready,
     /// The policy store (`None` until the AgentPolicies are first loaded).

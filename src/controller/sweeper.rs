@@ -31,7 +31,11 @@ use crate::{
         CertificateRecord, RecordedGrant, RecordedTask, RevocationCause, ToolGrant,
         names::{LABEL_GRANT, RECORD_FINALIZER},
     },
-    state::{cached::GrantSecret, ready::Ready, records::RecordFacts},
+    state::{
+        cached::{GrantSecret, SecretStore},
+        ready::Ready,
+        records::RecordFacts,
+    },
 };
 
 /// How often every record is looked at, besides the events that trigger a look.
@@ -53,7 +57,7 @@ pub struct Sweeper {
     pub grants: Store<ToolGrant>,
     pub grants_ready: Ready,
     /// Grant Secrets (certificates only), to find one still holding a revoked serial.
-    pub secrets: Store<GrantSecret>,
+    pub secrets: SecretStore,
     pub records_ready: Ready,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
@@ -126,8 +130,7 @@ impl Sweeper {
                 _ = tick.tick() => None,
             };
             let now = Timestamp::now();
-            let held: std::collections::HashSet<String> =
-                self.secrets.state().iter().filter_map(|s| s.serial.clone()).collect();
+            let held: std::collections::HashSet<String> = self.secrets.serials().into_iter().collect();
             // Judged where they are: only the records that need something are copied out.
             let needs = |r: &RecordFacts| {
                 self.ours(r) && judge(r, self.grant_cached(r), held.contains(&r.serial), now) != Verdict::Keep

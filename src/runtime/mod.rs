@@ -31,9 +31,9 @@ use crate::{
     decide::task::FinishedConditions,
     spiffe,
     state::{
-        cached::{GrantSecret, JobTask, PodTask},
+        cached::{GrantSecret, JobTask, PodTask, SecretStore},
         slim,
-        tasks::facts,
+        tasks::{TaskStore, facts},
     },
 };
 
@@ -202,14 +202,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let ns = &args.watch_namespace;
     let grants: Api<ToolGrant> = api_for(&client, ns);
     let (grant_store, grant_writer) = reflector::store();
-    let (job_store, job_writer) = reflector::store();
-    let (pod_store, pod_writer) = reflector::store();
+    let (job_store, pod_store) = (TaskStore::default(), TaskStore::default());
     let (identity_store, identity_writer) = reflector::store();
     let tasks = crate::state::tasks::TaskIndex::default();
     let finished = FinishedConditions {
         types: args.task_finished_conditions.clone(),
     };
-    let (secret_store, secret_writer) = reflector::store();
+    let secret_store = SecretStore::default();
     let (approval_store, approval_writer) = reflector::store();
     let (namespace_store, namespace_writer) = reflector::store();
     let policy_api: Api<AgentPolicy> = Api::all(client.clone());
@@ -290,14 +289,20 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // object.
     let jobs = watcher(api_for::<JobTask>(&client, ns), watcher::Config::default())
         .default_backoff()
-        .reflect(job_writer)
+        .inspect_ok({
+            let store = job_store.clone();
+            move |event| store.on_event(event)
+        })
         .inspect_ok(move |event| job_tasks.on_event(&job_source, event, |j| Some(facts(&j.state))))
         .inspect_ok(jobs_mark.on_init_done());
     let (pods_mark, pods_ready) = crate::state::ready::gate();
     let (pod_tasks, pod_source) = (tasks.clone(), Arc::<str>::from("v1/Pod"));
     let pods = watcher(api_for::<PodTask>(&client, ns), watcher::Config::default())
         .default_backoff()
-        .reflect(pod_writer)
+        .inspect_ok({
+            let store = pod_store.clone();
+            move |event| store.on_event(event)
+        })
         .inspect_ok(move |event| pod_tasks.on_event(&pod_source, event, |p| Some(facts(&p.state))))
         .inspect_ok(pods_mark.on_init_done());
     let written = Arc::new(written::Written::default());
@@ -308,7 +313,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         watcher::Config::default().labels(LABEL_GRANT),
     )
     .default_backoff()
-    .reflect(secret_writer)
+    .inspect_ok({
+        let store = secret_store.clone();
+        move |event| store.on_event(event)
+    })
     .inspect_ok(secrets_mark.on_init_done())
     // The reconcile that created, applied or deleted a Secret knows what it did;
     // the event of its own write would only run the grant again (and, with the

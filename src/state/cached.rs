@@ -11,7 +11,11 @@
 
 use std::{borrow::Cow, marker::PhantomData};
 
-use k8s_openapi::{ByteString, NamespaceResourceScope, apimachinery::pkg::apis::meta::v1::ObjectMeta, jiff::Timestamp};
+use k8s_openapi::{
+    ByteString, NamespaceResourceScope,
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+    jiff::Timestamp,
+};
 use kube::{Resource, api::DynamicObject};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -20,6 +24,7 @@ use crate::{
     api::names::{ANN_RENEW_AT, ANN_SERIAL, LABEL_GRANT},
     decide::task::{FinishedConditions, TaskKind, TaskState, observe},
     pki,
+    state::named::Named,
 };
 
 /// Which built-in task kind a [`TaskObject`] is.
@@ -248,6 +253,74 @@ impl From<RawSecret> for GrantSecret {
     }
 }
 
+/// What the Secret cache keeps of a grant Secret: [`GrantSecret`] without its name and
+/// namespace (the cache's keys) and without an `ObjectMeta` (see `state::named`).
+#[derive(Clone, Debug)]
+pub struct CachedSecret {
+    uid: Option<String>,
+    resource_version: Option<String>,
+    controller: Option<OwnerReference>,
+    grant_label: Option<String>,
+    serial: Option<String>,
+    renew_at: Option<String>,
+    cert: Option<CertFacts>,
+}
+
+impl CachedSecret {
+    pub fn of(s: &GrantSecret) -> CachedSecret {
+        CachedSecret {
+            uid: s.metadata.uid.clone(),
+            resource_version: s.metadata.resource_version.clone(),
+            controller: s.metadata.owner_references.as_ref().and_then(|o| o.first().cloned()),
+            grant_label: s.grant_label.clone(),
+            serial: s.serial.clone(),
+            renew_at: s.renew_at.clone(),
+            cert: s.cert.clone(),
+        }
+    }
+
+    /// The Secret as read, again.
+    pub fn secret(&self, namespace: &str, name: &str) -> GrantSecret {
+        GrantSecret {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(namespace.to_string()),
+                uid: self.uid.clone(),
+                resource_version: self.resource_version.clone(),
+                owner_references: self.controller.clone().map(|o| vec![o]),
+                ..Default::default()
+            },
+            grant_label: self.grant_label.clone(),
+            serial: self.serial.clone(),
+            renew_at: self.renew_at.clone(),
+            cert: self.cert.clone(),
+        }
+    }
+
+    pub fn serial(&self) -> Option<&str> {
+        self.serial.as_deref()
+    }
+}
+
+/// Grant Secrets by namespace and name.
+#[derive(Clone, Default)]
+pub struct SecretStore(Named<CachedSecret>);
+
+impl SecretStore {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<GrantSecret> {
+        self.0.get(namespace, name).map(|c| c.secret(namespace, name))
+    }
+
+    /// The serials the cached Secrets hold.
+    pub fn serials(&self) -> Vec<String> {
+        self.0.collect(|s| s.serial().map(str::to_string))
+    }
+
+    pub fn on_event(&self, event: &kube::runtime::watcher::Event<GrantSecret>) {
+        self.0.on_event(event, CachedSecret::of);
+    }
+}
+
 impl Resource for GrantSecret {
     type DynamicType = ();
     type Scope = NamespaceResourceScope;
@@ -313,6 +386,12 @@ mod tests {
         );
         assert_eq!(s.metadata.resource_version.as_deref(), Some("7"));
         assert!(s.metadata.managed_fields.is_none());
+        // The cache gives back what was read.
+        let store = SecretStore::default();
+        store.on_event(&kube::runtime::watcher::Event::Apply(s.clone()));
+        let again = store.get("ns", "g-tls").expect("cached by namespace and name");
+        assert_eq!(format!("{again:?}"), format!("{s:?}"));
+        assert_eq!(store.serials(), ["ab"]);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! - `ca`: the signing CA, loaded and watched;
 //! - `policies`: the policy store, built from the AgentPolicies and namespaces;
 //! - `ready`: readiness of a watch's first list; `slim`: what the caches keep;
-//! - `cached`: the compact types Pods, Jobs and grant Secrets are decoded into.
+//! - `cached`: the compact types Pods, Jobs and grant Secrets are decoded into;
+//! - `named`: caches by namespace and name that keep only what was read of each object
+//!   (Pods and Jobs in `tasks::TaskStore`, grant Secrets).
 //!
 //! The controllers, the sweeper, the CRL writer, the HTTP servers and, next, the
 //! decision service all read these; none of them is imported from here.
@@ -14,6 +16,7 @@
 pub mod ca;
 pub mod cached;
 pub mod crl;
+pub mod named;
 pub mod policies;
 pub mod ready;
 pub mod records;

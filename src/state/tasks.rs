@@ -14,9 +14,15 @@ use std::{
 
 use kube::{api::DynamicObject, runtime::watcher};
 
-use crate::decide::{
-    authorize::TaskFacts,
-    task::{FinishedConditions, TaskKind, TaskState, observe},
+use crate::{
+    decide::{
+        authorize::TaskFacts,
+        task::{FinishedConditions, TaskKind, TaskState, observe},
+    },
+    state::{
+        cached::{BuiltinTask, TaskObject},
+        named::Named,
+    },
 };
 
 #[derive(Default)]
@@ -94,6 +100,23 @@ impl TaskIndex {
     }
 }
 
+/// Pods or Jobs by namespace and name, as the task adapter read them: what the grant
+/// controller looks up before it asks the API server (see [`Named`] for why not
+/// kube's reflector store).
+#[derive(Clone, Default)]
+pub struct TaskStore(Named<TaskState>);
+
+impl TaskStore {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<TaskState> {
+        self.0.get(namespace, name)
+    }
+
+    /// Applies one watch event.
+    pub fn on_event<K: BuiltinTask>(&self, event: &watcher::Event<TaskObject<K>>) {
+        self.0.on_event(event, |o| o.state.clone());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +146,42 @@ mod tests {
         assert!(idx.get("j1").is_none(), "gone from the new list");
         assert!(idx.get("j2").is_some());
         assert!(idx.get("p1").is_some(), "another source's entries stay");
+    }
+
+    fn pod(ns: &str, name: &str, phase: &str) -> crate::state::cached::PodTask {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns, "uid": format!("{ns}-{name}")},
+            "status": {"phase": phase}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_task_store_follows_the_watch_and_swaps_a_relist_in_whole() {
+        let store = TaskStore::default();
+        store.on_event(&watcher::Event::Apply(pod("a", "p1", "Running")));
+        store.on_event(&watcher::Event::Apply(pod("b", "p1", "Running")));
+        assert_eq!(store.get("a", "p1").unwrap().uid, "a-p1");
+        assert!(store.get("a", "p1").unwrap().finished.is_none());
+        store.on_event(&watcher::Event::Apply(pod("a", "p1", "Succeeded")));
+        assert_eq!(
+            store.get("a", "p1").unwrap().finished.map(|f| f.0),
+            Some(Outcome::Succeeded),
+            "an update replaces what was read"
+        );
+        store.on_event(&watcher::Event::Delete(pod("b", "p1", "Running")));
+        assert!(store.get("b", "p1").is_none());
+        assert!(
+            store.get("a", "p1").is_some(),
+            "by namespace and name: another namespace's is kept"
+        );
+        store.on_event::<crate::state::cached::PodKind>(&watcher::Event::Init);
+        store.on_event(&watcher::Event::InitApply(pod("a", "p2", "Running")));
+        assert!(store.get("a", "p1").is_some(), "mid-relist the old list still answers");
+        assert!(store.get("a", "p2").is_none());
+        store.on_event::<crate::state::cached::PodKind>(&watcher::Event::InitDone);
+        assert!(store.get("a", "p1").is_none(), "gone from the new list");
+        assert!(store.get("a", "p2").is_some());
     }
 
     #[test]
