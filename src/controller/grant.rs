@@ -190,7 +190,7 @@ pub async fn work(queue: Arc<WorkQueue>, ctx: Arc<Context>) {
 
 pub async fn reconcile(cached: Arc<ToolGrant>, ctx: Arc<Context>) -> Result<Next, Error> {
     let uid = cached.uid().unwrap_or_default();
-    let res = super::within_deadline(Box::pin(reconcile_grant(cached.clone(), &ctx))).await;
+    let res = super::within_deadline(reconcile_grant(cached.clone(), &ctx)).await;
     super::succeeded(&ctx, cached.as_ref(), &res);
     if res.is_err() {
         // Something we wrote may or may not have landed: read fresh next time.

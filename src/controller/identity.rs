@@ -107,10 +107,14 @@ pub async fn reconcile(identity: Arc<AgentIdentity>, ctx: Arc<Context>) -> Resul
 
     // Counted from the watch cache: an identity's status is a report, and a count that
     // lags a moment is corrected by the next grant event.
-    let active = super::grants_where(&ctx.grants, Some(&ns), |g| {
-        g.spec.identity_ref.name == name && g.status.as_ref().and_then(|s| s.phase) == Some(GrantPhase::Issued)
-    })
-    .len() as i32;
+    let active = ctx
+        .grants
+        .state_filter(|g| {
+            g.metadata.namespace.as_deref() == Some(ns.as_str())
+                && g.spec.identity_ref.name == name
+                && g.status.as_ref().and_then(|s| s.phase) == Some(GrantPhase::Issued)
+        })
+        .len() as i32;
 
     let status = desired_status(&identity, &ctx.trust_domain, active, Timestamp::now());
     if identity.status.as_ref() != Some(&status) {

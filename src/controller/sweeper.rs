@@ -130,7 +130,7 @@ impl Sweeper {
                 _ = tick.tick() => None,
             };
             let now = Timestamp::now();
-            let held: std::collections::HashSet<String> = self.secrets.serials().into_iter().collect();
+            let held = self.secrets.serials();
             // Judged where they are: only the records that need something are copied out.
             let needs = |r: &RecordFacts| {
                 self.ours(r) && judge(r, self.grant_cached(r), held.contains(&r.serial), now) != Verdict::Keep

@@ -312,7 +312,7 @@ impl SecretStore {
     }
 
     /// The serials the cached Secrets hold.
-    pub fn serials(&self) -> Vec<String> {
+    pub fn serials(&self) -> std::collections::HashSet<String> {
         self.0.collect(|s| s.serial().map(str::to_string))
     }
 
@@ -391,7 +391,7 @@ mod tests {
         store.on_event(&kube::runtime::watcher::Event::Apply(s.clone()));
         let again = store.get("ns", "g-tls").expect("cached by namespace and name");
         assert_eq!(format!("{again:?}"), format!("{s:?}"));
-        assert_eq!(store.serials(), ["ab"]);
+        assert_eq!(store.serials(), std::collections::HashSet::from(["ab".to_string()]));
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl<V: Clone> Named<V> {
     }
 
     /// What `pick` takes from each value, under the read lock.
-    pub fn collect<R>(&self, pick: impl FnMut(&V) -> Option<R>) -> Vec<R> {
+    pub fn collect<R, C: FromIterator<R>>(&self, pick: impl FnMut(&V) -> Option<R>) -> C {
         let inner = self.0.read().unwrap_or_else(|e| e.into_inner());
         inner
             .by_ns
@@ -98,8 +98,11 @@ impl<V: Clone> Named<V> {
             watcher::Event::Init => inner.relist = Some(HashMap::new()),
             watcher::Event::InitApply(o) => {
                 let (ns, name) = place(o);
-                if let Some(list) = inner.relist.as_mut() {
-                    insert(list, ns, name, read(o));
+                let value = read(o);
+                match inner.relist.as_mut() {
+                    Some(list) => insert(list, ns, name, value),
+                    // Outside a relist (never from kube's watcher): the object still counts.
+                    None => insert(&mut inner.by_ns, ns, name, value),
                 }
             }
             watcher::Event::InitDone => {
