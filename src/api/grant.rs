@@ -129,6 +129,44 @@ impl GrantPhase {
     }
 }
 
+/// What the readers of the grant cache read of a grant (see `state::grants`): the
+/// decision service on every request, and the task, identity and approval scans.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrantFacts {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub resource_version: Option<String>,
+    pub generation: i64,
+    /// Has a deletion timestamp.
+    pub deleting: bool,
+    pub phase: Option<GrantPhase>,
+    /// `spec.identityRef.name`.
+    pub identity: String,
+    pub task: TaskRef,
+    pub tools: Vec<ToolScope>,
+    pub data_sensitivity: Option<Sensitivity>,
+}
+
+impl GrantFacts {
+    pub fn of(grant: &ToolGrant) -> Self {
+        let m = &grant.metadata;
+        GrantFacts {
+            namespace: m.namespace.clone().unwrap_or_default(),
+            name: m.name.clone().unwrap_or_default(),
+            uid: m.uid.clone().unwrap_or_default(),
+            resource_version: m.resource_version.clone(),
+            generation: m.generation.unwrap_or_default(),
+            deleting: m.deletion_timestamp.is_some(),
+            phase: grant.status.as_ref().and_then(|s| s.phase),
+            identity: grant.spec.identity_ref.name.clone(),
+            task: grant.spec.task_ref.clone(),
+            tools: grant.spec.tools.clone(),
+            data_sensitivity: grant.spec.data_sensitivity,
+        }
+    }
+}
+
 /// Which limit decided a certificate's `notAfter`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 pub enum LifetimeCap {

@@ -13,8 +13,8 @@ mod tool;
 
 pub use approval::{ApprovalDecision, ToolGrantApproval, ToolGrantApprovalSpec, ToolGrantApprovalStatus, UserInfo};
 pub use grant::{
-    ApprovalRecord, CertificateStatus, DecisionInputs, DecisionRecord, GrantPhase, IdentityRef, LifetimeCap,
-    RevocationStatus, SupersededCertificate, TaskRef, ToolGrant, ToolGrantSpec, ToolGrantStatus,
+    ApprovalRecord, CertificateStatus, DecisionInputs, DecisionRecord, GrantFacts, GrantPhase, IdentityRef,
+    LifetimeCap, RevocationStatus, SupersededCertificate, TaskRef, ToolGrant, ToolGrantSpec, ToolGrantStatus,
 };
 pub use identity::{AgentIdentity, AgentIdentitySpec, AgentIdentityStatus};
 pub use policy::{

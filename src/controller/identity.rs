@@ -109,12 +109,7 @@ pub async fn reconcile(identity: Arc<AgentIdentity>, ctx: Arc<Context>) -> Resul
     // lags a moment is corrected by the next grant event.
     let active = ctx
         .grants
-        .state_filter(|g| {
-            g.metadata.namespace.as_deref() == Some(ns.as_str())
-                && g.spec.identity_ref.name == name
-                && g.status.as_ref().and_then(|s| s.phase) == Some(GrantPhase::Issued)
-        })
-        .len() as i32;
+        .count_where(&ns, |g| g.identity == name && g.phase == Some(GrantPhase::Issued)) as i32;
 
     let status = desired_status(&identity, &ctx.trust_domain, active, Timestamp::now());
     if identity.status.as_ref() != Some(&status) {

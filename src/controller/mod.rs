@@ -28,17 +28,13 @@ use futures::StreamExt;
 use kube::{
     Api, Client, Resource,
     api::ApiResource,
-    runtime::{
-        controller::Action,
-        reflector::{ObjectRef, Store},
-        watcher,
-    },
+    runtime::{controller::Action, reflector::Store, watcher},
 };
 use tokio::sync::watch;
 use tracing::warn;
 
 use crate::{
-    api::{AgentIdentity, ToolGrant, ToolGrantApproval, names::MANAGER},
+    api::{AgentIdentity, ToolGrantApproval, names::MANAGER},
     decide::task::FinishedConditions,
     spiffe,
 };
@@ -169,7 +165,7 @@ pub struct Context {
     pub task_watches: Arc<task_watch::TaskWatches>,
     /// Caches fed by the controllers' watches. A miss is confirmed with a GET before
     /// anything is revoked, so a cache that lags can delay but never wrongly revoke.
-    pub grants: Store<ToolGrant>,
+    pub grants: crate::state::grants::GrantCache,
     pub identities: Store<AgentIdentity>,
     pub jobs: crate::state::tasks::TaskStore,
     pub pods: crate::state::tasks::TaskStore,
@@ -207,35 +203,6 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
-}
-
-/// References to the grants in `ns` that `matches`. Runs on every task, identity
-/// and approval event, so it copies nothing but the matches: a scan of 10,000 cached
-/// grants that cloned each one's namespace cost 10,000 allocations per Pod event.
-pub(crate) fn grants_where(
-    store: &Store<ToolGrant>,
-    ns: Option<&str>,
-    matches: impl Fn(&ToolGrant) -> bool,
-) -> Vec<ObjectRef<ToolGrant>> {
-    store
-        .state_filter(|g| g.metadata.namespace.as_deref() == ns && matches(g))
-        .iter()
-        .map(|g| ObjectRef::from_obj(g.as_ref()))
-        .collect()
-}
-
-/// Grants in `obj`'s namespace whose `taskRef` names it.
-pub(crate) fn grants_for_task(
-    store: &Store<ToolGrant>,
-    api_version: &str,
-    kind: &str,
-    obj_ns: Option<&str>,
-    obj_name: &str,
-) -> Vec<ObjectRef<ToolGrant>> {
-    grants_where(store, obj_ns, |g| {
-        let r = &g.spec.task_ref;
-        r.name == obj_name && r.kind == kind && r.api_version == api_version
-    })
 }
 
 /// Passes on objects whose spec changed (a new generation) or that were deleted, and
@@ -334,11 +301,27 @@ pub(crate) fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Err
 /// How long until a failed object is tried again (its own backoff, see `backoff`);
 /// posts a Warning Event when the reason is new for it.
 pub(crate) fn retry_after<K: Resource<DynamicType = ()>>(obj: &K, err: &Error, ctx: &Arc<Context>) -> Duration {
-    let key = obj.meta().uid.clone().unwrap_or_default();
-    let retry = ctx.errors.failed(&key, err.reason());
+    let m = obj.meta();
+    retry_after_for(
+        m.uid.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default(),
+        || obj.object_ref(&()),
+        err,
+        ctx,
+    )
+}
+
+/// `retry_after` for an object known by its UID, name and reference.
+pub(crate) fn retry_after_for(
+    uid: &str,
+    name: &str,
+    reference: impl FnOnce() -> k8s_openapi::api::core::v1::ObjectReference,
+    err: &Error,
+    ctx: &Arc<Context>,
+) -> Duration {
+    let retry = ctx.errors.failed(uid, err.reason());
     ctx.metrics.reconcile_error(err.reason());
-    warn!(error = %err, reason = err.reason(), object = %obj.meta().name.clone().unwrap_or_default(),
-          retry_in = ?retry.after, "reconcile error, retrying");
+    warn!(error = %err, reason = err.reason(), object = %name, retry_in = ?retry.after, "reconcile error, retrying");
     if retry.announce {
         let ev = kube::runtime::events::Event {
             type_: kube::runtime::events::EventType::Warning,
@@ -347,7 +330,7 @@ pub(crate) fn retry_after<K: Resource<DynamicType = ()>>(obj: &K, err: &Error, c
             action: "Reconcile".into(),
             secondary: None,
         };
-        let reference = obj.object_ref(&());
+        let reference = reference();
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let _ = ctx.recorder.publish(&ev, &reference).await;

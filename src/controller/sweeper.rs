@@ -20,7 +20,6 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
-    runtime::reflector::{ObjectRef, Store},
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -54,7 +53,7 @@ pub struct Sweeper {
     pub namespace: String,
     /// Only grants in this namespace are ours to judge (a scoped operator).
     pub watch_namespace: Option<String>,
-    pub grants: Store<ToolGrant>,
+    pub grants: crate::state::grants::GrantCache,
     pub grants_ready: Ready,
     /// Grant Secrets (certificates only), to find one still holding a revoked serial.
     pub secrets: SecretStore,
@@ -107,8 +106,8 @@ impl Sweeper {
 
     fn grant_cached(&self, r: &RecordFacts) -> bool {
         self.grants
-            .get(&ObjectRef::new(&r.grant_name).within(&r.grant_namespace))
-            .is_some_and(|g| g.metadata.uid.as_deref() == Some(r.grant_uid.as_str()))
+            .get(&r.grant_namespace, &r.grant_name)
+            .is_some_and(|g| g.facts.uid == r.grant_uid)
     }
 
     /// Runs until `deleted` closes: `deleted` carries the UIDs of grants the watch saw go.

@@ -15,11 +15,7 @@ use futures::StreamExt;
 use kube::{
     Api, Client, ResourceExt,
     api::{ApiResource, DynamicObject},
-    runtime::{
-        WatchStreamExt,
-        reflector::{ObjectRef, Store},
-        watcher,
-    },
+    runtime::{WatchStreamExt, reflector::ObjectRef, watcher},
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -27,14 +23,17 @@ use tracing::{info, warn};
 use crate::{
     api::ToolGrant,
     decide::task::{FinishedConditions, TaskKind},
-    state::tasks::{TaskIndex, facts_of},
+    state::{
+        grants::GrantCache,
+        tasks::{TaskIndex, facts_of},
+    },
 };
 
 /// The watches started so far, and where their triggers go.
 pub struct TaskWatches {
     client: Client,
     namespace: Option<String>,
-    grants: Store<ToolGrant>,
+    grants: GrantCache,
     started: Mutex<HashSet<String>>,
     triggers: mpsc::UnboundedSender<ObjectRef<ToolGrant>>,
     /// The task index the decision service reads, and how a task says it finished.
@@ -45,7 +44,7 @@ impl TaskWatches {
     pub fn new(
         client: Client,
         namespace: Option<String>,
-        grants: Store<ToolGrant>,
+        grants: GrantCache,
         triggers: mpsc::UnboundedSender<ObjectRef<ToolGrant>>,
         tasks: (TaskIndex, FinishedConditions),
     ) -> Arc<Self> {
@@ -99,7 +98,7 @@ impl TaskWatches {
     fn trigger(&self, ar: &ApiResource, task: &DynamicObject) {
         let name = task.name_any();
         let ns = task.metadata.namespace.as_deref();
-        for g in super::grants_for_task(&self.grants, &ar.api_version, &ar.kind, ns, &name) {
+        for g in self.grants.for_task(&ar.api_version, &ar.kind, ns, &name) {
             // The receiver lives as long as the grant controller.
             let _ = self.triggers.send(g);
         }

@@ -21,7 +21,7 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    api::{AgentIdentity, GrantPhase, RecordFacts, Sensitivity, ToolGrant, ToolScope},
+    api::{AgentIdentity, GrantFacts, GrantPhase, RecordFacts, Sensitivity, ToolScope},
     decide::{
         scope::{self, Excess},
         task::Outcome,
@@ -197,7 +197,7 @@ pub struct TaskFacts {
 /// The facts the service looked up for a subject.
 pub struct Facts<'a> {
     pub record: Option<&'a RecordFacts>,
-    pub grant: Option<&'a ToolGrant>,
+    pub grant: Option<&'a GrantFacts>,
     pub identity: Option<&'a AgentIdentity>,
     pub task: Option<&'a TaskFacts>,
     pub policies: Option<&'a PolicyStore>,
@@ -273,10 +273,10 @@ fn named(subject: &Subject, facts: &Facts<'_>) -> Named {
         n.task_uid = s.task_uid.clone();
     }
     if let Some(g) = facts.grant {
-        n.identity = format!("{}/{}", g.namespace().unwrap_or_default(), g.spec.identity_ref.name);
+        n.identity = format!("{}/{}", g.namespace, g.identity);
         if n.task_kind.is_empty() {
-            n.task_kind = g.spec.task_ref.kind.clone();
-            n.task_name = g.spec.task_ref.name.clone();
+            n.task_kind = g.task.kind.clone();
+            n.task_name = g.task.name.clone();
         }
     }
     n
@@ -337,10 +337,7 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
         );
     }
 
-    let Some(grant) = facts
-        .grant
-        .filter(|g| g.uid().as_deref() == Some(record.grant_uid.as_str()))
-    else {
+    let Some(grant) = facts.grant.filter(|g| g.uid == record.grant_uid) else {
         return deny(
             Reason::GrantNotFound,
             format!(
@@ -349,10 +346,10 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
             ),
         );
     };
-    if grant.metadata.deletion_timestamp.is_some() {
+    if grant.deleting {
         return deny(Reason::GrantNotLive, "the grant is being deleted".to_string());
     }
-    let generation = grant.metadata.generation.unwrap_or_default();
+    let generation = grant.generation;
     if generation != record.generation {
         return deny(
             Reason::GrantChanged,
@@ -364,7 +361,7 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
     }
     let Some(identity) = facts
         .identity
-        .filter(|i| i.namespace() == grant.namespace() && i.name_any() == grant.spec.identity_ref.name)
+        .filter(|i| i.namespace().as_deref() == Some(grant.namespace.as_str()) && i.name_any() == grant.identity)
     else {
         return deny(
             Reason::IdentityNotFound,
@@ -433,7 +430,7 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
 
     // The grant's phase after the task and the identity: a grant revoked because
     // its task finished or its identity was suspended says so above.
-    let phase = grant.status.as_ref().and_then(|s| s.phase);
+    let phase = grant.phase;
     if phase != Some(GrantPhase::Issued) {
         let phase = phase.map_or("none".to_string(), |p| format!("{p:?}"));
         return deny(
@@ -470,7 +467,7 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
                 sensitivity: None,
             })
             .collect(),
-        None => grant.spec.tools.clone(),
+        None => grant.tools.clone(),
     };
     let wanted = ToolScope {
         name: call.tool.clone(),
@@ -493,7 +490,7 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
             .replace("the ceiling", "the grant");
         return deny(reason, what);
     }
-    let allowed_data = grant.spec.data_sensitivity.unwrap_or_default();
+    let allowed_data = grant.data_sensitivity.unwrap_or_default();
     if call.data_sensitivity > allowed_data {
         return deny(
             Reason::SensitivityExceeded,
@@ -509,7 +506,7 @@ pub fn decide(subject: &Subject, call: &Call, facts: &Facts<'_>, limits: Limits,
         return deny(Reason::NotReady, "the policy store is not built yet".to_string());
     };
     let (Some(granted_tool), ceiling) = (
-        grant.spec.tools.iter().find(|t| t.name == call.tool),
+        grant.tools.iter().find(|t| t.name == call.tool),
         identity.spec.tools.iter().find(|t| t.name == call.tool),
     ) else {
         return deny(

@@ -22,7 +22,7 @@ use super::{
     subject::{SubjectCache, Trust},
 };
 use crate::{
-    api::{AgentIdentity, ToolGrant},
+    api::AgentIdentity,
     audit::{AuditLog, CallInfo, Event, EventKind, GrantKey, Keys, TaskKey},
     decide::authorize::{self, Call, Facts, Limits, Reason, Subject, Verdict},
     metrics::Metrics,
@@ -54,7 +54,7 @@ pub struct Answer {
 #[derive(Clone)]
 pub struct Indexes {
     pub records: RecordIndex,
-    pub grants: Store<ToolGrant>,
+    pub grants: crate::state::grants::GrantCache,
     pub identities: Store<AgentIdentity>,
     pub tasks: TaskIndex,
     pub policies: watch::Receiver<Option<Arc<PolicyStore>>>,
@@ -189,13 +189,11 @@ impl Service {
             (None, Some(r)) => (r.grant_namespace.as_str(), r.grant_name.as_str()),
             (None, None) => ("", ""),
         };
-        let grant = (!name.is_empty())
-            .then(|| self.indexes.grants.get(&ObjectRef::new(name).within(ns)))
-            .flatten();
+        let grant = (!name.is_empty()).then(|| self.indexes.grants.get(ns, name)).flatten();
         let identity = grant.as_ref().and_then(|g| {
             self.indexes
                 .identities
-                .get(&ObjectRef::new(&g.spec.identity_ref.name).within(ns))
+                .get(&ObjectRef::new(&g.facts.identity).within(ns))
         });
         // A ServiceAccount that is no proxy asks about its own identity only.
         if let Caller::ServiceAccount { namespace, name: sa } = caller
@@ -213,7 +211,7 @@ impl Service {
         let policies = self.indexes.policies.borrow().clone();
         let facts = Facts {
             record: record.as_ref(),
-            grant: grant.as_deref(),
+            grant: grant.as_deref().map(|g| &g.facts),
             identity: identity.as_deref(),
             task: task.as_ref(),
             policies: policies.as_deref(),

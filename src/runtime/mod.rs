@@ -25,8 +25,8 @@ use crate::{
     },
     cli::RunArgs,
     controller::{
-        Context, api_for, backoff, ca, error_policy, grant, grants_for_task, grants_where, identity, ledger, policy,
-        queue, spec_changes, succeeded, sweeper, task_watch, within_deadline, written,
+        Context, api_for, backoff, ca, error_policy, grant, identity, ledger, policy, queue, spec_changes, succeeded,
+        sweeper, task_watch, within_deadline, written,
     },
     decide::task::FinishedConditions,
     spiffe,
@@ -201,7 +201,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
 
     let ns = &args.watch_namespace;
     let grants: Api<ToolGrant> = api_for(&client, ns);
-    let (grant_store, grant_writer) = reflector::store();
+    let grant_store = crate::state::grants::GrantCache::default();
     let (job_store, pod_store) = (TaskStore::default(), TaskStore::default());
     let (identity_store, identity_writer) = reflector::store();
     let tasks = crate::state::tasks::TaskIndex::default();
@@ -256,7 +256,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let grant_events = watcher(grants, watcher::Config::default())
         .default_backoff()
         .modify(slim::grant)
-        .reflect(grant_writer)
+        .inspect_ok({
+            let cache = grant_store.clone();
+            move |event| cache.on_event(event)
+        })
         .inspect_ok(grants_mark.on_init_done())
         .inspect_ok(move |event| {
             // A grant gone from the API: the sweeper makes sure its serials are revoked
@@ -451,7 +454,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             namespace: args.ca_secret_namespace.clone(),
             watch_namespace: args.watch_namespace.clone(),
             grants: grant_store.clone(),
-            grants_ready,
+            grants_ready: grants_ready.clone(),
             secrets: ctx.secrets.clone(),
             records_ready,
             metrics: ctx.metrics.clone(),
@@ -463,7 +466,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let queue = queue::WorkQueue::new();
     let s4 = ctx.grants.clone();
     let s5 = ctx.grants.clone();
-    let all_grants = move |()| s5.state().iter().map(|g| ObjectRef::from_obj(g.as_ref())).collect();
+    let all_grants = move |()| s5.keys();
     let grant_triggers = futures::stream::select_all([
         keys("toolgrants", grant_events, |g: ToolGrant| vec![ObjectRef::from_obj(&g)]),
         futures::stream::poll_fn(move |cx| task_rx.poll_recv(cx))
@@ -473,9 +476,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             .map(all_grants)
             .boxed(),
         keys("toolgrantapprovals", approvals, move |a: ToolGrantApproval| {
-            grants_where(&s4, a.metadata.namespace.as_deref(), |g| {
-                g.metadata.name.as_deref() == Some(a.spec.grant_name.as_str())
-            })
+            let ns = a.metadata.namespace.as_deref().unwrap_or_default();
+            s4.get(ns, &a.spec.grant_name).map(|g| g.key()).into_iter().collect()
         }),
         // A grant Secret triggers its controlling grant, and also the grant its label
         // names: after a grant vanished and a new one of the same name is waiting on
@@ -497,25 +499,19 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             names.into_iter().map(|n| ObjectRef::new(&n).within(&ns)).collect()
         }),
         keys("jobs", jobs.touched_objects(), move |job: JobTask| {
-            grants_for_task(
-                &s1,
-                "batch/v1",
-                "Job",
-                job.metadata.namespace.as_deref(),
-                &job.name_any(),
-            )
+            s1.for_task("batch/v1", "Job", job.metadata.namespace.as_deref(), &job.name_any())
         }),
         keys("pods", pods.touched_objects(), move |pod: PodTask| {
-            grants_for_task(&s2, "v1", "Pod", pod.metadata.namespace.as_deref(), &pod.name_any())
+            s2.for_task("v1", "Pod", pod.metadata.namespace.as_deref(), &pod.name_any())
         }),
         keys("agentidentities", spec_changes(identities), move |id: AgentIdentity| {
-            grants_where(&s3, id.metadata.namespace.as_deref(), |g| {
-                Some(g.spec.identity_ref.name.as_str()) == id.metadata.name.as_deref()
+            s3.keys_where(id.metadata.namespace.as_deref(), |g| {
+                Some(g.identity.as_str()) == id.metadata.name.as_deref()
             })
         }),
     ]);
     let grant_controller = {
-        let (queue, ctx, store, workers) = (queue.clone(), ctx.clone(), grant_store.clone(), args.grant_concurrency);
+        let (queue, ctx, ready, workers) = (queue.clone(), ctx.clone(), grants_ready.clone(), args.grant_concurrency);
         async move {
             let q = queue.clone();
             let pump = grant_triggers.for_each(move |keys| {
@@ -526,7 +522,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             });
             // As kube's controller does: nothing runs before the grant cache is filled.
             let workers = async {
-                if store.wait_until_ready().await.is_err() {
+                if !ready.wait().await {
                     return;
                 }
                 let spawned = (0..workers).map(|_| tokio::spawn(grant::work(queue.clone(), ctx.clone())));

@@ -7,6 +7,7 @@
 //! - `policies`: the policy store, built from the AgentPolicies and namespaces;
 //! - `ready`: readiness of a watch's first list; `slim`: what the caches keep;
 //! - `cached`: the compact types Pods, Jobs and grant Secrets are decoded into;
+//! - `grants`: every ToolGrant as its readers read it, and packed whole for its reconcile;
 //! - `named`: caches by namespace and name that keep only what was read of each object
 //!   (Pods and Jobs in `tasks::TaskStore`, grant Secrets).
 //!
@@ -16,6 +17,7 @@
 pub mod ca;
 pub mod cached;
 pub mod crl;
+pub mod grants;
 pub mod named;
 pub mod policies;
 pub mod ready;

@@ -71,6 +71,24 @@ impl<V: Clone> Named<V> {
             .collect()
     }
 
+    /// What `pick` takes from each value in `namespace`, under the read lock.
+    pub fn collect_in<R, C: FromIterator<R> + Default>(&self, namespace: &str, pick: impl FnMut(&V) -> Option<R>) -> C {
+        let inner = self.0.read().unwrap_or_else(|e| e.into_inner());
+        match inner.by_ns.get(namespace) {
+            Some(names) => names.values().filter_map(pick).collect(),
+            None => C::default(),
+        }
+    }
+
+    /// How many values in `namespace` match.
+    pub fn count_in(&self, namespace: &str, mut matches: impl FnMut(&V) -> bool) -> usize {
+        let inner = self.0.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .by_ns
+            .get(namespace)
+            .map_or(0, |names| names.values().filter(|v| matches(v)).count())
+    }
+
     /// Applies one watch event, keeping `read` of each object.
     pub fn on_event<K: Resource>(&self, event: &watcher::Event<K>, read: impl Fn(&K) -> V) {
         fn place<K: Resource>(o: &K) -> (&str, &str) {

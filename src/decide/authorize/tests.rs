@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::*;
 use crate::{
-    api::{PolicyMode, RevocationCause},
+    api::{PolicyMode, RevocationCause, ToolGrant},
     pki::ScopeTool,
     policy::{AgentPolicyEntry, NamespaceMatcher, compile},
 };
@@ -132,9 +132,10 @@ impl World {
     }
 
     fn decide(&self) -> Verdict {
+        let grant = self.grant.as_ref().map(GrantFacts::of);
         let facts = Facts {
             record: self.record.as_ref(),
-            grant: self.grant.as_ref(),
+            grant: grant.as_ref(),
             identity: self.identity.as_ref(),
             task: self.task.as_ref(),
             policies: self.policies.as_ref(),
