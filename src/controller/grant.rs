@@ -275,9 +275,10 @@ async fn fetch_secret(
 
 async fn reconcile_grant(cached: Arc<GrantEntry>, ctx: &Arc<Context>) -> Result<Next, Error> {
     let ctx = ctx.clone();
-    let ns = Some(cached.facts.namespace.clone())
-        .filter(|ns| !ns.is_empty())
-        .ok_or(Error::MissingNamespace)?;
+    if cached.facts.namespace.is_empty() {
+        return Err(Error::MissingNamespace);
+    }
+    let ns = cached.facts.namespace.clone();
     let name = cached.facts.name.clone();
     let grants: Api<ToolGrant> = Api::namespaced(ctx.client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
