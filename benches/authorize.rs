@@ -535,11 +535,13 @@ async fn main() {
 
     phase("POST /v1/authorize");
     let body = serde_json::to_vec(&authorize_body(&agent.cert)).unwrap();
+    let grpc_body = grpc_frame(&check_request(&agent.cert));
     // MANDATE_BENCH_PAUSE: for profiling by hand against the filled operator (perf,
     // other h2load shapes): writes the URL, a token and the pid to pause.env and waits
     // for a `resume` file. Unset in `make bench`.
     if std::env::var_os("MANDATE_BENCH_PAUSE").is_some() {
         std::fs::write(dir.join("authorize.body"), &body).unwrap();
+        std::fs::write(dir.join("grpc.body"), &grpc_body).unwrap();
         std::fs::write(dir.join("pause.env"), format!("URL={base}\nTOKEN={token}\nPID={pid}\n")).unwrap();
         while !dir.join("resume").exists() {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -560,7 +562,6 @@ async fn main() {
 
     phase("gRPC ext_authz");
     let grpc_url = format!("{base}/envoy.service.auth.v3.Authorization/Check");
-    let grpc_body = grpc_frame(&check_request(&agent.cert));
     let grpc_headers = [
         ("content-type", "application/grpc"),
         ("te", "trailers"),

@@ -112,6 +112,11 @@ pub struct RunArgs {
     #[arg(long, env = "MANDATE_DECISION_LISTEN", default_value = "0.0.0.0:8443")]
     pub decision_listen: std::net::SocketAddr,
 
+    /// Threads serving the decision service, each with the connections it was handed
+    /// (0: one per core the process may use).
+    #[arg(long, env = "MANDATE_DECISION_THREADS", default_value_t = 0)]
+    pub decision_threads: u16,
+
     /// DNS names in the decision service's serving certificate (what its clients dial).
     #[arg(
         long,
@@ -175,6 +180,17 @@ pub struct RunArgs {
     /// Log format on stderr.
     #[arg(long, env = "MANDATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    /// `--decision-threads`, with 0 read as one per core the process may use (which
+    /// honours a container's CPU limit).
+    pub fn decision_threads(&self) -> usize {
+        match self.decision_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => usize::from(n),
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -54,31 +54,6 @@ pub enum RunError {
     Metrics(#[source] std::io::Error),
     #[error("failed to start the decision service: {0}")]
     Decision(#[source] crate::decision::server::ServeError),
-    #[error("failed to start the decision service's runtime: {0}")]
-    DecisionRuntime(#[source] std::io::Error),
-}
-
-/// Runs `server` on a runtime of its own, with as many worker threads as there are
-/// cores, until the process exits.
-///
-/// Why not the controllers' runtime: a tokio worker runs each task until it yields, so
-/// a decision queued behind a relist of 10,000 grants, a CRL rebuild or an identity
-/// status over all its grants waits for them (the suspected cause of a 95 ms p99 right
-/// after issuing 10,000 grants, against 1.4 ms at 1,000; not yet re-measured). On
-/// their own threads the kernel shares the cores between the two
-/// fairly and wakes a decision's thread at once.
-fn dedicated_runtime(
-    name: &str,
-    server: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .thread_name(format!("{name}-worker"))
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(move || runtime.block_on(server))?;
-    Ok(())
 }
 
 /// A watch's objects as the grant keys they trigger. A watch error is logged (the
@@ -405,7 +380,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         },
         tokens: crate::decision::caller::TokenReviews::new(client.clone(), args.decision_token_cache.into()),
     });
-    let decision_server = crate::decision::server::start(
+    crate::decision::server::start(
         crate::decision::server::ServerConfig {
             listen: args.decision_listen,
             dns_names: args.decision_dns_names.clone(),
@@ -415,10 +390,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         api,
         crate::decision::crl::routes(served_crl.clone()),
         ctx.ca.clone(),
+        args.decision_threads(),
     )
-    .await
     .map_err(RunError::Decision)?;
-    dedicated_runtime("decision", decision_server).map_err(RunError::DecisionRuntime)?;
     let metrics_server = crate::metrics::serve(
         args.metrics_listen,
         metrics.clone(),
