@@ -21,7 +21,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Arrivals, finish_pod, grant, memory_kib, phase, pod, revoke_together, summary, watch_secrets};
+use common::{
+    Arrivals, cpu_snapshot, finish_pod, grant, memory_kib, phase, pod, processes, revoke_together, summary,
+    watch_secrets,
+};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::{
@@ -37,36 +40,6 @@ const SEQUENTIAL: usize = 200;
 const BURST: usize = 800;
 const REVOKE_SEQUENTIAL: usize = 200;
 const CONCURRENCY: usize = 64;
-
-/// CPU time (user + system) a process has used so far. `/proc` counts it in USER_HZ
-/// ticks, which Linux fixes at 100 per second whatever the kernel's own tick rate.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces, so split after its ')').
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15 of stat; 3 is the first after the name.
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
-/// Who shares the two cores: the control plane's processes (from the pid files the
-/// cluster script writes), the operator and this benchmark.
-fn processes(operator: u32) -> Vec<(&'static str, u32)> {
-    let dir = support::repo_root().join(".cluster");
-    let mut out = vec![];
-    for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
-        let pid = std::fs::read_to_string(dir.join(format!("{name}.pid")))
-            .ok()
-            .and_then(|p| p.trim().parse().ok());
-        if let Some(pid) = pid {
-            out.push((name, pid));
-        }
-    }
-    out.push(("operator", operator));
-    out.push(("benchmark client", std::process::id()));
-    out
-}
 
 /// CPU seconds each process used between two snapshots, as a Markdown list.
 fn cpu_split(before: &[(&str, f64)], after: &[(&str, f64)], per: usize, what: &str) -> String {
@@ -84,10 +57,6 @@ fn cpu_split(before: &[(&str, f64)], after: &[(&str, f64)], per: usize, what: &s
         total * 1e3 / per as f64
     ));
     out
-}
-
-fn cpu_snapshot(procs: &[(&'static str, u32)]) -> Vec<(&'static str, f64)> {
-    procs.iter().map(|(n, pid)| (*n, cpu_secs(*pid))).collect()
 }
 
 /// Watches the CRL ConfigMap: records when each serial is first listed.

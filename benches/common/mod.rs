@@ -220,3 +220,81 @@ pub async fn create_pods_and_grants(pods: &Api<Pod>, grants: &Api<ToolGrant>, na
         })
         .await;
 }
+
+/// CPU time (user + system) a process has used so far. `/proc` counts it in USER_HZ
+/// ticks, which Linux fixes at 100 per second whatever the kernel's own tick rate.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces, so split after its ')').
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat; 3 is the first after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// Who shares the two cores: the control plane's processes (from the pid files the
+/// cluster script writes), the operator and this benchmark.
+pub fn processes(operator: u32) -> Vec<(&'static str, u32)> {
+    let dir = super::support::repo_root().join(".cluster");
+    let mut out = vec![];
+    for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+        let pid = std::fs::read_to_string(dir.join(format!("{name}.pid")))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        if let Some(pid) = pid {
+            out.push((name, pid));
+        }
+    }
+    out.push(("operator", operator));
+    out.push(("benchmark client", std::process::id()));
+    out
+}
+
+pub fn cpu_snapshot(procs: &[(&'static str, u32)]) -> Vec<(&'static str, f64)> {
+    procs.iter().map(|(n, pid)| (*n, cpu_secs(*pid))).collect()
+}
+
+/// How the machine settled before a measurement.
+pub struct Settled {
+    /// How long it took (the whole timeout when it never did).
+    pub after: Duration,
+    /// Whether it did.
+    pub quiet: bool,
+    /// The share of one core `procs` used in the last window.
+    pub busy: f64,
+}
+
+/// Waits until `procs` (the control plane and the operator, say) together use under
+/// `limit` of one core over two consecutive one-second windows, or `timeout` passes.
+///
+/// Right after 10,000 grants are issued the API server, etcd and the operator are
+/// still finishing the burst (the last status writes and events, the API server's
+/// garbage collection) for a few seconds; a latency run started then measures that
+/// burst's tail, not the decision service (a p50 of 0.85 ms instead of 0.31 in one run
+/// of session 17). A gateway's decisions run beside a settled control plane.
+pub async fn settle(procs: &[(&'static str, u32)], limit: f64, timeout: Duration) -> Settled {
+    let start = Instant::now();
+    let total = |s: &[(&'static str, f64)]| s.iter().map(|(_, c)| c).sum::<f64>();
+    let mut quiet_windows = 0;
+    let mut busy = f64::NAN;
+    while start.elapsed() < timeout {
+        let (before, t0) = (total(&cpu_snapshot(procs)), Instant::now());
+        // A sampling window, not a synchronisation: CPU use is only defined over one.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        busy = (total(&cpu_snapshot(procs)) - before) / t0.elapsed().as_secs_f64();
+        quiet_windows = if busy < limit { quiet_windows + 1 } else { 0 };
+        if quiet_windows == 2 {
+            return Settled {
+                after: start.elapsed(),
+                quiet: true,
+                busy,
+            };
+        }
+    }
+    Settled {
+        after: start.elapsed(),
+        quiet: false,
+        busy,
+    }
+}
