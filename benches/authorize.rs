@@ -73,7 +73,7 @@ const WARM_UP_US: u64 = 1_000_000;
 const GATEWAY_SA: &str = "bench-gateway";
 const GATEWAY: &str = "spiffe://bench.example/gateway";
 /// Settled: the control plane and the operator together under this share of one core.
-const SETTLED_CORE_SHARE: f64 = 0.10;
+const SETTLED_CORE_SHARE: f64 = 0.05;
 
 fn tool(i: usize) -> String {
     format!("tool-{i:03}")
@@ -741,7 +741,7 @@ async fn main() {
         POLICY_OBJECTS * POLICIES_PER_OBJECT,
         if settled.quiet {
             format!(
-                "{:.0} s after the last grant was issued, once etcd, the API server, the controller manager and the operator used under {:.0}% of a core together for 2 s ({:.1}% in the last second)",
+                "{:.0} s after the last grant was issued, once etcd, the API server, the controller manager and the operator used under {:.0}% of a core together for 3 s ({:.1}% in the last second)",
                 settled.after.as_secs_f64(),
                 SETTLED_CORE_SHARE * 100.0,
                 settled.busy * 100.0

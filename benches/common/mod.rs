@@ -266,7 +266,7 @@ pub struct Settled {
 }
 
 /// Waits until `procs` (the control plane and the operator, say) together use under
-/// `limit` of one core over two consecutive one-second windows, or `timeout` passes.
+/// `limit` of one core over three consecutive one-second windows, or `timeout` passes.
 ///
 /// Right after 10,000 grants are issued the API server, etcd and the operator are
 /// still finishing the burst (the last status writes and events, the API server's
@@ -284,7 +284,7 @@ pub async fn settle(procs: &[(&'static str, u32)], limit: f64, timeout: Duration
         tokio::time::sleep(Duration::from_secs(1)).await;
         busy = (total(&cpu_snapshot(procs)) - before) / t0.elapsed().as_secs_f64();
         quiet_windows = if busy < limit { quiet_windows + 1 } else { 0 };
-        if quiet_windows == 2 {
+        if quiet_windows == 3 {
             return Settled {
                 after: start.elapsed(),
                 quiet: true,
