@@ -95,7 +95,15 @@ current-context: mandate-e2e
 KC
 }
 
+# Marks a control plane being stopped: `down` can take over 30 s (the API server's
+# shutdown with 10,000 grants' objects), and a run started meanwhile must not take
+# the dying control plane for a live one.
+stopping() { [ -e "$D/stopping" ]; }
+
 up() {
+  if stopping; then
+    wait_for 120 "the previous control plane to stop" bash -c "[ ! -e '$D/stopping' ]" || exit 1
+  fi
   if alive etcd && alive kube-apiserver && alive kube-controller-manager && api_ready; then
     log "already up (kubeconfig: $D/kubeconfig)"
     return 0
@@ -157,6 +165,7 @@ up() {
 
 down() {
   local stopped=0
+  [ -d "$D" ] && touch "$D/stopping"
   for c in kube-controller-manager kube-apiserver etcd; do
     if [ -f "$D/$c.pid" ]; then
       local pid; pid=$(cat "$D/$c.pid")
@@ -176,6 +185,6 @@ down() {
 case "${1:-}" in
   up) up ;;
   down) down ;;
-  status) alive kube-apiserver && api_ready ;;
+  status) ! stopping && alive kube-apiserver && api_ready ;;
   *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
 esac
