@@ -430,15 +430,26 @@ async fn threat_12_a_completed_task_is_denied_at_once_and_its_timeline_is_one_qu
     let page = r.json();
     let events = page["events"].as_array().unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    let pos = |k: &str| {
-        kinds
+    let pos = |what: &str, is: &dyn Fn(&Value) -> bool| {
+        events
             .iter()
-            .position(|x| *x == k)
-            .unwrap_or_else(|| panic!("no {k} in {kinds:?}"))
+            .position(is)
+            .unwrap_or_else(|| panic!("no {what} in {kinds:?}"))
     };
-    assert!(pos("CertificateIssued") < pos("DecisionAllowed"), "{kinds:?}");
-    assert!(pos("DecisionAllowed") < pos("ToolCall"), "{kinds:?}");
-    assert!(pos("ToolCall") < pos("DecisionDenied"), "{kinds:?}");
+    // The setup asked until the answer was Allowed, so the timeline may start with
+    // denials from before the indexes held the task: find this test's events by what
+    // they are, not by kind alone.
+    let issued = pos("CertificateIssued", &|e| e["kind"] == "CertificateIssued");
+    let allowed_at = pos("the first call's allow", &|e| {
+        e["kind"] == "DecisionAllowed" && e["decisionId"] == first["decisionId"]
+    });
+    let call_at = pos("ToolCall", &|e| e["kind"] == "ToolCall");
+    let finished_at = pos("the TaskFinished denial", &|e| {
+        e["kind"] == "DecisionDenied" && e["reason"] == "TaskFinished"
+    });
+    assert!(issued < allowed_at, "{kinds:?}");
+    assert!(allowed_at < call_at, "{kinds:?}");
+    assert!(call_at < finished_at, "{kinds:?}");
     assert!(kinds.contains(&"CertificateRevoked"), "{kinds:?}");
     let g = s.f.grants.get("g").await.unwrap();
     for e in events {
@@ -451,10 +462,7 @@ async fn threat_12_a_completed_task_is_denied_at_once_and_its_timeline_is_one_qu
         assert_eq!(e["identity"], format!("{}/agent", s.f.ns.name));
         assert_eq!(e["serial"], s.serial.as_str(), "{e}");
     }
-    let allowed = events
-        .iter()
-        .find(|e| e["kind"] == "DecisionAllowed" && e["decisionId"] == first["decisionId"])
-        .expect("the first call's decision is in the timeline");
+    let allowed = &events[allowed_at];
     assert_eq!(allowed["decisionId"], first["decisionId"]);
     assert_eq!(allowed["reason"], "Allowed");
     assert_eq!(allowed["call"]["tool"], "github");
@@ -463,10 +471,9 @@ async fn threat_12_a_completed_task_is_denied_at_once_and_its_timeline_is_one_qu
         allowed["traceparent"],
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     );
-    let call = &events[pos("ToolCall")];
+    let call = &events[call_at];
     assert_eq!(call["decisionId"], first["decisionId"]);
     assert_eq!(call["message"], "200 OK\nforged: line");
-    assert_eq!(events[pos("DecisionDenied")]["reason"], "TaskFinished");
     // The same events on stdout, one well-formed JSON object per line, the report's
     // newline escaped (threat 28).
     let (stdout, _) =
