@@ -533,11 +533,12 @@ async fn main() {
     let base = format!("https://localhost:{}", op.decision_port);
     // The latency runs measure the decision service beside a settled control plane,
     // not the tail of the issuance burst (common::settle).
-    let procs: Vec<_> = common::processes(pid)
-        .into_iter()
-        .filter(|(name, _)| *name != "benchmark client")
-        .collect();
-    let settled = common::settle(&procs, SETTLED_CORE_SHARE, Duration::from_secs(180)).await;
+    let settled = common::settle(
+        &common::control_plane_and(pid),
+        SETTLED_CORE_SHARE,
+        Duration::from_secs(180),
+    )
+    .await;
 
     let token = support::service_account_token(&ns.api(), GATEWAY_SA).await;
     let bearer = format!("Bearer {token}");

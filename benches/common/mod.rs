@@ -233,9 +233,16 @@ pub fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
-/// Who shares the two cores: the control plane's processes (from the pid files the
-/// cluster script writes), the operator and this benchmark.
+/// Who shares the two cores: the control plane and the operator, and this benchmark.
 pub fn processes(operator: u32) -> Vec<(&'static str, u32)> {
+    let mut out = control_plane_and(operator);
+    out.push(("benchmark client", std::process::id()));
+    out
+}
+
+/// The control plane's processes (from the pid files the cluster script writes) and
+/// the operator.
+pub fn control_plane_and(operator: u32) -> Vec<(&'static str, u32)> {
     let dir = super::support::repo_root().join(".cluster");
     let mut out = vec![];
     for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
@@ -247,7 +254,6 @@ pub fn processes(operator: u32) -> Vec<(&'static str, u32)> {
         }
     }
     out.push(("operator", operator));
-    out.push(("benchmark client", std::process::id()));
     out
 }
 

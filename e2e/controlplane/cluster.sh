@@ -101,8 +101,11 @@ KC
 stopping() { [ -e "$D/stopping" ]; }
 
 up() {
-  if stopping; then
-    wait_for 120 "the previous control plane to stop" bash -c "[ ! -e '$D/stopping' ]" || exit 1
+  if stopping && ! wait_for 120 "the previous control plane to stop" bash -c "[ ! -e '$D/stopping' ]"; then
+    # A `down` that was itself killed leaves its mark behind: stale once nothing runs.
+    if alive etcd || alive kube-apiserver || alive kube-controller-manager; then exit 1; fi
+    log "removing the mark of an interrupted stop"
+    rm -f "$D/stopping"
   fi
   if alive etcd && alive kube-apiserver && alive kube-controller-manager && api_ready; then
     log "already up (kubeconfig: $D/kubeconfig)"

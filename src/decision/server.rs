@@ -108,27 +108,23 @@ pub fn start(
         callers,
         tls: tls_rx,
     };
-    let mut workers = Vec::new();
-    for index in 1..threads.max(1) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let open = Arc::new(AtomicUsize::new(0));
-        workers.push(Worker {
-            connections: tx,
-            open: open.clone(),
-        });
-        let serve = serve.clone();
-        on_thread(index, async move { serve.connections(rx, open).await })?;
-    }
+    let (workers, mut incoming): (Vec<Worker>, Vec<_>) = (0..threads.max(1))
+        .map(|_| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let open = Arc::new(AtomicUsize::new(0));
+            let worker = Worker {
+                connections: tx,
+                open: open.clone(),
+            };
+            (worker, (rx, open))
+        })
+        .unzip();
     // The first thread accepts, rotates the certificate, and serves its share.
-    let (tx, rx) = mpsc::unbounded_channel();
-    let open = Arc::new(AtomicUsize::new(0));
-    workers.insert(
-        0,
-        Worker {
-            connections: tx,
-            open: open.clone(),
-        },
-    );
+    let (rx, open) = incoming.remove(0);
+    for (index, (rx, open)) in incoming.into_iter().enumerate() {
+        let serve = serve.clone();
+        on_thread(index + 1, async move { serve.connections(rx, open).await })?;
+    }
     let rotation = rotate(config, ca, cert, tls_tx);
     let accepting = accept_loop(listener, workers, serve.tls.clone());
     let serving = serve.connections(rx, open);
